@@ -1,0 +1,81 @@
+"""The `species-classifier` command: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from species_classifier import __version__
+from species_classifier.config import apply_config_defaults
+from species_classifier.runtime import reexec_with_tuned_allocator
+
+log = logging.getLogger("species_classifier")
+
+# Each module registers its own subcommands with `add_subcommands(subparsers)`, so a
+# stage's flags live beside its code. Listed in pipeline order, as `--help` shows them.
+COMMAND_MODULES = (
+    "species_classifier.inat.cli",      # collect, download
+    "species_classifier.train.cli",     # train
+    "species_classifier.evaluate.cli",  # evaluate
+    "species_classifier.predict_cli",   # predict
+    "species_classifier.serve.cli",     # serve, export, package
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command parser; each subparser is reachable as `parser.subcommands[name]`."""
+    parser = argparse.ArgumentParser(
+        prog="species-classifier",
+        description="Turn iNaturalist photos into a species classifier: collect, download, train, evaluate, predict, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # a stage that is not part of this build
+        module.add_subcommands(subparsers)
+    parser.subcommands = subparsers.choices
+    return parser
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    configure_logging(args.verbose, args.quiet)
+    try:
+        if getattr(args, "config", None):
+            apply_config_defaults(parser.subcommands[args.command], args.config, args.command)
+            args = parser.parse_args(argv)
+        if argv is None and getattr(args, "tune_allocator", False):
+            reexec_with_tuned_allocator()
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        log.error("Interrupted")
+        return 130
+    except (ValueError, FileNotFoundError) as error:
+        # Our own errors (dataset, labels, splits, bundle, images) subclass ValueError and
+        # carry a message that says what to fix; print it without a traceback.
+        log.debug("Error details", exc_info=True)
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

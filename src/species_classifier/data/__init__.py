@@ -1,0 +1,1 @@
+"""Datasets in: manifests, labels, splits, image loading and transforms."""

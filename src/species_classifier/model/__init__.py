@@ -1,0 +1,1 @@
+"""Backbones (timm, embedded EfficientNet-Lite weights) and the model bundle."""

@@ -1,0 +1,1 @@
+"""Training: the recipe, the epoch loop, checkpoints and the fold runner."""
