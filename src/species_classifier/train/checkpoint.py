@@ -34,7 +34,9 @@ class FoldState:
     best_macro_f1: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
-    finished: bool = False
+    early_stopped: bool = False
+    # Completed epochs when the fold's weights and out-of-fold predictions were last saved.
+    saved_at_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 

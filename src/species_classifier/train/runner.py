@@ -224,7 +224,7 @@ def train_fold(
         log.info("%s: resuming after epoch %d (best macro F1 %.4f at epoch %d)", name, state.epochs_done, state.best_macro_f1, state.best_epoch)
 
     log.info("%s: %d training photos, %d validation photos", name, len(train_rows), len(validation_rows))
-    while not state.finished and state.epochs_done < config.epochs:
+    while not state.early_stopped and state.epochs_done < config.epochs:
         epoch = state.epochs_done + 1
         trained = train_one_epoch(model, train_loader, criterion, optimizer, device, config.channels_last, f"{name} epoch {epoch}")
         validated = evaluate(model, validation_loader, criterion, device, config.channels_last)
@@ -254,7 +254,7 @@ def train_fold(
         )
         if state.epochs_without_improvement >= config.patience:
             log.info("%s: early stop, no macro F1 gain for %d epochs", name, config.patience)
-            state.finished = True
+            state.early_stopped = True
         save_checkpoint(checkpoint_path, model, best_weights, optimizer, scheduler, state, generator)
         write_metrics(out)
 
@@ -263,12 +263,12 @@ def train_fold(
         "epochs_run": state.epochs_done, "n_train": len(train_rows), "n_val": len(validation_rows),
     }
     oof_path = out / CHECKPOINT_DIR / f"oof_fold_{fold}.csv"
-    if state.finished and oof_path.is_file() and (out / weights_name).is_file():
+    if state.saved_at_epoch == state.epochs_done and oof_path.is_file() and (out / weights_name).is_file():
         log.info("%s: already finished (best val_macro_f1=%.4f at epoch %d)", name, state.best_macro_f1, state.best_epoch)
         return summary
 
     # Save: the best epoch's weights and their out-of-fold predictions.
-    state.finished = True
+    state.saved_at_epoch = state.epochs_done
     model.load_state_dict(best_weights)
     save_tensors(model.state_dict(), out / weights_name)
     validated = evaluate(model, validation_loader, criterion, device, config.channels_last, f"{name} out-of-fold")
