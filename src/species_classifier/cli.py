@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
@@ -70,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("Interrupted")
         return 130
     except (ValueError, FileNotFoundError) as error:
-        # Our own errors (dataset, labels, splits, bundle, images) subclass ValueError and
-        # carry a message that says what to fix; print it without a traceback.
+        # The package's own errors (dataset, labels, splits, bundle, images) subclass
+        # ValueError, and their message names the value and the fix, so no traceback.
         log.debug("Error details", exc_info=True)
         log.error("%s", error)
         return 2

@@ -1,10 +1,10 @@
 """CPU and device settings that make training and inference fast by default.
 
-Measured on a 2-core x86_64 machine (tf_efficientnet_lite0, batch 32): training runs
-about four times faster with channels_last and with glibc's malloc told to keep freed
-memory instead of returning it to the kernel on every large activation tensor.
-The allocator reads its settings only at process start, so the CLI re-executes itself
-once with them set (see `reexec_with_tuned_allocator`).
+On CPU, training is markedly faster with channels_last and with glibc's malloc set to
+keep freed memory for reuse instead of returning it to the kernel after every large
+activation tensor; `benchmarks/training/throughput.py` measures both. The allocator
+reads its settings only at process start, so the CLI re-executes itself once with them
+set (see `reexec_with_tuned_allocator`).
 """
 
 from __future__ import annotations
@@ -48,17 +48,23 @@ def reexec_with_tuned_allocator() -> None:
     os.execve(sys.executable, arguments, environment)
 
 
+def available_cores() -> int:
+    """Return the cores this process may run on (its CPU affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def configure_threads(threads: int = 0) -> int:
     """Set PyTorch's intra-op threads; 0 means one per available core."""
-    count = threads if threads > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    count = threads if threads > 0 else available_cores()
     torch.set_num_threads(count)
     return count
 
 
 def default_workers() -> int:
     """Data-loader worker processes: one per core beyond the first, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    return max(1, min(8, available_cores() - 1))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -14,7 +14,11 @@ def _toy(seed: int = 0):
     rng = np.random.default_rng(seed)
     labels, groups = [], []
     for observation in range(120):
-        label = 0 if observation < 30 else 1 if observation < 45 else 2
+        label = 2
+        if observation < 30:
+            label = 0
+        elif observation < 45:
+            label = 1
         for _ in range(rng.integers(1, 4)):
             labels.append(label)
             groups.append(f"obs-{observation}")

@@ -1,9 +1,9 @@
 """Decode, verify and (when it fits in memory) cache the photos of a training set.
 
 Every photo is decoded once before training. Files that fail are excluded and
-reported with the reason; the rest are resized to the model's resize size
-(`PreprocessConfig.resize_size`, shorter side) and kept as uint8 tensors, so
-epochs after the first do no JPEG decoding at all.
+reported with the reason. The rest are resized (shorter side to
+`PreprocessConfig.resize_size`) and kept as uint8 tensors, so epochs do no JPEG
+decoding at all while the cache is on.
 """
 
 from __future__ import annotations

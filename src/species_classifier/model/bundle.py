@@ -45,7 +45,7 @@ class BundleError(ValueError):
 
 @dataclass
 class Bundle:
-    """What `model.json` stores: the class list and how to rebuild and feed the model."""
+    """Contents of `model.json`: the class list, the architecture and its preprocessing."""
 
     classes: list[str]
     model_name: str

@@ -1,6 +1,6 @@
 """Resumable per-fold training state in one safetensors file.
 
-A checkpoint holds the current weights, the best epoch's weights, the optimizer's
+A checkpoint contains the current weights, the best epoch's weights, the optimizer's
 tensors, the random-number states and (as JSON in the file's metadata) the epoch
 counter, early-stopping state, scheduler state and metric history. It is written
 after every epoch through a temporary file and an atomic rename, so a kill leaves

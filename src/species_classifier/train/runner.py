@@ -39,7 +39,7 @@ SPLITS_CSV = "splits.csv"
 
 
 class RunConflictError(ValueError):
-    """--out holds a run with different settings."""
+    """--out contains a run with different settings."""
 
 
 def run_training(config: TrainConfig) -> Path:
@@ -55,7 +55,7 @@ def run_training(config: TrainConfig) -> Path:
     photos = sample_other(photos, config.other_fraction, config.seed, len(classes) - 1)
     log_class_counts(photos, classes)
 
-    # The run folder: resume when it holds the same run.
+    # The run folder: resume when it contains the same run.
     prepare_run_folder(out, config)
     preprocess = create_classifier(config.model, len(classes), "none", config.drop_rate, config.img_size)[1]
 
@@ -138,12 +138,12 @@ def prepare_run_folder(out: Path, config: TrainConfig) -> None:
         if differences:
             details = "; ".join(f"{name}: saved {old!r}, now {new!r}" for name, (old, new) in differences.items())
             raise RunConflictError(
-                f"{out} holds a run with other settings ({details}). Use another --out, or --overwrite to replace it."
+                f"{out} contains a run with other settings ({details}). Use another --out, or --overwrite to replace it."
             )
         log.info("Resuming the run in %s", out)
     elif out.exists() and any(out.iterdir()):
         if (out / MODEL_JSON).exists():
-            raise RunConflictError(f"{out} holds a finished run without checkpoints; use another --out or --overwrite")
+            raise RunConflictError(f"{out} contains a finished run without checkpoints; use another --out or --overwrite")
     atomic_write_text(saved_path, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
@@ -316,7 +316,7 @@ def write_run_outputs(out: Path, bundle: Bundle) -> None:
 
 
 def write_report_safely(out: Path) -> None:
-    """Write the evaluation report; a failure here is logged and never loses the trained run."""
+    """Write the evaluation report; a failure is logged, and the saved model stays in place."""
     try:
         from species_classifier.evaluate.report import summarize_run, write_report
     except ImportError:
@@ -328,6 +328,6 @@ def write_report_safely(out: Path) -> None:
         log.info("Report: %s", report)
         if "macro_f1_mean" in summary:
             log.info("Out-of-fold macro F1: %.4f ± %.4f", summary["macro_f1_mean"], summary.get("macro_f1_std", 0.0))
-    except Exception:  # the report must never lose a finished training run
+    except Exception:  # a report bug must not turn a finished training run into a failed command
         log.exception("Writing the report failed; the trained model is saved. Retry with `species-classifier evaluate %s`", out)
 
