@@ -8,6 +8,7 @@ Both forms give the same table, one row per photo:
   an observation column, each photo is its own observation.
 - `observer_id`: optional second group key (empty when unknown)
 - `license`, `attribution`: copied from the manifest when present, for the report
+- `role`: the manifest's `role` column when present (target, confuser, lookalike, other)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from species_classifier.data.labels import display_species_name
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["path", "species_name", "observation_id", "observer_id", "license", "attribution"]
+COLUMNS = ["path", "species_name", "observation_id", "observer_id", "license", "attribution", "role"]
 OBSERVATION_COLUMNS = ("observation_id", "observation_uuid")
 
 
@@ -65,6 +66,7 @@ def _read_folder(root: Path) -> pd.DataFrame:
     table["observer_id"] = ""
     table["license"] = ""
     table["attribution"] = ""
+    table["role"] = ""
     return table[COLUMNS]
 
 
@@ -106,6 +108,6 @@ def _read_manifest(manifest: Path) -> pd.DataFrame:
         table["observation_id"] = [obs if obs else path for obs, path in zip(observations, table["path"])]
     else:
         table["observation_id"] = table["path"]
-    for column in ("observer_id", "license", "attribution"):
+    for column in ("observer_id", "license", "attribution", "role"):
         table[column] = raw[column].str.strip().to_numpy() if column in raw.columns else ""
     return table[COLUMNS]

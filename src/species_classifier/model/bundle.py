@@ -8,8 +8,11 @@ Layout of a run folder (`--out`):
 - `metrics.csv`: one row per fold and epoch.
 - `oof_predictions.csv`: out-of-fold probabilities and logits for every validation photo.
 - `excluded_images.csv`: images left out of training, with the reason.
-- `checkpoints/`: resumable training state, removed by nothing; safe to delete after training.
-- `report.html` and `report/`: the evaluation report.
+- `checkpoints/`: resumable training state; safe to delete after training.
+- `splits.csv`: the validation fold of every photo.
+- `report.html`, `summary.json`, `calibration.json`: the evaluation report, its numbers,
+  and the temperature and per-species thresholds that `serve` applies.
+- `evaluations/NAME/`: scores on separate labelled datasets (`evaluate RUN DATASET`).
 """
 
 from __future__ import annotations

@@ -281,7 +281,7 @@ def train_fold(
 def write_fold_oof(out: Path, fold: int, rows: pd.DataFrame, logits: np.ndarray, classes: list[str]) -> None:
     shifted = logits - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    table = rows[["path", "species_name", "label", "label_index", "fold", "observation_id", "license", "attribution"]].copy()
+    table = rows[["path", "species_name", "label", "label_index", "fold", "observation_id", "license", "attribution", "role"]].copy()
     table["predicted"] = [classes[i] for i in probabilities.argmax(axis=1)]
     table["confidence"] = probabilities.max(axis=1)
     for index, name in enumerate(classes):
@@ -326,8 +326,8 @@ def write_report_safely(out: Path) -> None:
         report = write_report(out)
         summary = summarize_run(out)
         log.info("Report: %s", report)
-        if "macro_f1_mean" in summary:
-            log.info("Out-of-fold macro F1: %.4f ± %.4f", summary["macro_f1_mean"], summary.get("macro_f1_std", 0.0))
+        if summary.get("macro_f1_mean") is not None:
+            log.info("Out-of-fold macro F1: %.4f ± %.4f", summary["macro_f1_mean"], summary.get("macro_f1_std") or 0.0)
     except Exception:  # a report bug must not turn a finished training run into a failed command
         log.exception("Writing the report failed; the trained model is saved. Retry with `species-classifier evaluate %s`", out)
 
