@@ -99,14 +99,18 @@ def build_eval_transform(config: PreprocessConfig) -> v2.Compose:
 def build_train_transform(config: PreprocessConfig, augment: AugmentConfig) -> v2.Compose:
     """Random crop, flips and rotation on a uint8 tensor already passed through `resize_for_model`."""
     interpolation = InterpolationMode(config.interpolation)
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(
-            config.input_size,
-            scale=(augment.scale_min, augment.scale_max),
-            interpolation=interpolation,
-            antialias=True,
-        )
-    ]
+    if augment.scale_min >= 1:
+        # No random crop: the evaluation center crop.
+        steps: list[v2.Transform] = [v2.CenterCrop(config.input_size)]
+    else:
+        steps = [
+            v2.RandomResizedCrop(
+                config.input_size,
+                scale=(augment.scale_min, augment.scale_max),
+                interpolation=interpolation,
+                antialias=True,
+            )
+        ]
     if augment.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(augment.hflip))
     if augment.vflip > 0:

@@ -37,6 +37,11 @@ class FoldState:
     early_stopped: bool = False
     # Completed epochs when the fold's weights and out-of-fold predictions were last saved.
     saved_at_epoch: int = 0
+    # Progress inside an epoch that SIGTERM interrupted: batches and sums so far.
+    batches_done: int = 0
+    partial_loss_sum: float = 0.0
+    partial_images: int = 0
+    partial_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -90,6 +95,12 @@ def save_checkpoint(
         "rng_python": [python_state[0], list(python_state[1]), python_state[2]],
     }
     save_tensors(tensors, path, metadata={STATE_KEY: json.dumps(meta)})
+
+
+def read_fold_state(path: Path) -> FoldState:
+    """Read only the progress and metric history from a checkpoint."""
+    with safe_open(str(path), framework="pt") as file:
+        return FoldState(**json.loads(file.metadata()[STATE_KEY])["fold_state"])
 
 
 def load_checkpoint(

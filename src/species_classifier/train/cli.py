@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from species_classifier.data.labels import parse_targets
@@ -43,6 +44,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--seed", type=int, default=defaults.seed, help="seed for splits, sampling, initialisation and shuffling")
     data.add_argument("--out", default=defaults.out, help="run folder for the bundle and checkpoints")
     data.add_argument("--overwrite", action="store_true", help="delete a previous run in --out instead of resuming it")
+    data.add_argument("--checkpoint-dir", default="", metavar="DIR", help="folder for resumable checkpoints (default: OUT/checkpoints; on SageMaker, /opt/ml/checkpoints)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=defaults.model, help="timm model name")
@@ -63,7 +65,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--scheduler-factor", type=float, default=defaults.scheduler_factor, help="ReduceLROnPlateau: factor applied to the learning rate")
 
     augment = parser.add_argument_group("augmentation")
-    augment.add_argument("--scale-min", type=float, default=defaults.scale_min, help="RandomResizedCrop minimum area fraction (maximum is 1)")
+    augment.add_argument("--scale-min", type=float, default=defaults.scale_min, help="RandomResizedCrop minimum area fraction (maximum is 1); 1 turns random cropping off")
     augment.add_argument("--hflip", type=float, default=defaults.hflip, help="horizontal flip probability")
     augment.add_argument("--vflip", type=float, default=defaults.vflip, help="vertical flip probability (off by default: birds and plants have an up)")
     augment.add_argument("--rotation", type=float, default=defaults.rotation, help="maximum random rotation in degrees")
@@ -73,7 +75,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     speed.add_argument("--threads", type=int, default=defaults.threads, help="PyTorch CPU threads; 0 = one per core")
     speed.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory format (channels_last is about 4x faster on CPU)")
     speed.add_argument("--cache-images", choices=("auto", "yes", "no"), default=defaults.cache_images, help="keep decoded, resized photos in memory (auto: when they fit in 6 GiB)")
-    speed.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    speed.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (under torchrun, each process takes cuda:LOCAL_RANK)")
+    speed.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=defaults.precision, help="autocast precision; fp16 adds a gradient scaler (for GPUs without bf16)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model (slow first epoch, faster later ones)")
     parser.set_defaults(func=run, tune_allocator=True)
 
 
@@ -106,16 +110,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patience=args.patience, scheduler_patience=args.scheduler_patience, scheduler_factor=args.scheduler_factor,
         scale_min=args.scale_min, hflip=args.hflip, vflip=args.vflip, rotation=args.rotation,
         workers=args.workers, threads=args.threads, channels_last=args.channels_last,
-        cache_images=args.cache_images, device=args.device,
+        cache_images=args.cache_images, device=args.device, precision=args.precision, compile=args.compile,
+        checkpoint_dir=str(Path(args.checkpoint_dir).expanduser().resolve()) if args.checkpoint_dir else "",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from species_classifier.train.interrupt import EXIT_STATUS, TrainingInterrupted
     from species_classifier.train.runner import remove_run, run_training
 
     config = config_from_args(args)
-    if args.overwrite:
-        remove_run(Path(config.out))
-    out = run_training(config)
+    if args.overwrite and os.environ.get("RANK", "0") == "0":
+        remove_run(config)
+    try:
+        out = run_training(config)
+    except TrainingInterrupted as stopped:
+        log.warning("%s", stopped)
+        return EXIT_STATUS
     print(f"Trained run: {out}")
     return 0

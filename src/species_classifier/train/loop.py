@@ -1,7 +1,8 @@
-"""One training epoch and one evaluation pass."""
+"""One training epoch and one inference pass over a validation loader."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -12,16 +13,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from species_classifier.train.distributed import DistributedContext, any_rank
+from species_classifier.train.interrupt import GracefulStop
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class EpochResult:
-    loss: float
-    images: int
-    seconds: float
+    """Sums over the batches this process trained in one (possibly partial) epoch."""
 
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
+    loss_sum: float
+    images: int
+    batches: int
+    seconds: float
+    interrupted: bool = False
 
 
 @dataclass
@@ -43,6 +49,14 @@ class EvaluationResult:
         return float((self.predictions == self.labels).mean()) if len(self.labels) else 0.0
 
 
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for `precision` (fp32 = no autocast)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -50,51 +64,65 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     channels_last: bool = True,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    stop: GracefulStop | None = None,
+    context: DistributedContext | None = None,
     description: str = "train",
 ) -> EpochResult:
+    """Train over `loader`; stops early, with `interrupted` set, when `stop` is requested on any rank."""
     model.train()
+    context = context or DistributedContext(device=device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    total_loss, total_images = 0.0, 0
+    loss_sum, images_seen, batches = 0.0, 0, 0
+    interrupted = False
     start = time.perf_counter()
-    progress = tqdm(loader, desc=description, unit="batch", leave=False)
+    progress = tqdm(loader, desc=description, unit="batch", leave=False, disable=not context.is_main)
     for images, labels in progress:
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
 
-        loss = criterion(model(images), labels)
+        with autocast(device, precision):
+            loss = criterion(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
 
-        total_loss += loss.item() * len(labels)
-        total_images += len(labels)
-        progress.set_postfix(loss=f"{total_loss / total_images:.4f}")
-    seconds = time.perf_counter() - start
-    return EpochResult(loss=total_loss / max(total_images, 1), images=total_images, seconds=seconds)
+        loss_sum += loss.item() * len(labels)
+        images_seen += len(labels)
+        batches += 1
+        progress.set_postfix(loss=f"{loss_sum / images_seen:.4f}")
+        if stop is not None and any_rank(stop.requested, context):
+            interrupted = True
+            break
+    return EpochResult(loss_sum, images_seen, batches, time.perf_counter() - start, interrupted)
 
 
 @torch.inference_mode()
-def evaluate(
+def predict_logits(
     model: nn.Module,
     loader: DataLoader,
-    criterion: nn.Module,
     device: torch.device,
     channels_last: bool = True,
+    precision: str = "fp32",
     description: str = "validate",
-) -> EvaluationResult:
+    show_progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (logits, labels) for every batch of `loader`, in loader order."""
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    all_logits, all_labels, total_loss = [], [], 0.0
-    for images, labels in tqdm(loader, desc=description, unit="batch", leave=False):
+    all_logits, all_labels = [], []
+    for images, labels in tqdm(loader, desc=description, unit="batch", leave=False, disable=not show_progress):
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
-        logits = model(images).float()
-        total_loss += criterion(logits, labels).item() * len(labels)
+        with autocast(device, precision):
+            logits = model(images).float()
         all_logits.append(logits.cpu())
-        all_labels.append(labels.cpu())
-    count = sum(len(labels) for labels in all_labels)
-    return EvaluationResult(
-        loss=total_loss / max(count, 1),
-        logits=torch.cat(all_logits).numpy() if all_logits else np.zeros((0, 0), dtype=np.float32),
-        labels=torch.cat(all_labels).numpy() if all_labels else np.zeros(0, dtype=np.int64),
-    )
+        all_labels.append(labels)
+    if not all_logits:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()

@@ -44,6 +44,9 @@ class TrainConfig:
     vflip: float = 0.0
     rotation: float = 15.0
 
+    checkpoint_dir: str = ""
+    precision: str = "fp32"
+    compile: bool = False
     workers: int = -1
     threads: int = 0
     channels_last: bool = True

@@ -15,21 +15,26 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from species_classifier.data.dataset import read_dataset
 from species_classifier.data.labels import build_classes, match_targets, normalize_species_name
 from species_classifier.data.photos import PhotoDataset, PhotoStore
 from species_classifier.data.splits import TRAIN_ONLY, assign_folds
-from species_classifier.data.transforms import AugmentConfig, PreprocessConfig, build_eval_transform, build_train_transform
+from species_classifier.data.transforms import AugmentConfig, build_eval_transform, build_train_transform
 from species_classifier.model.bundle import (
     CHECKPOINT_DIR, EXCLUDED_CSV, METRICS_CSV, MODEL_JSON, OOF_CSV,
     Bundle, atomic_write_text, save_tensors, write_bundle,
 )
 from species_classifier.model.factory import build_param_groups, create_classifier
 from species_classifier.runtime import configure_threads, default_workers, resolve_device
-from species_classifier.train.checkpoint import FoldState, load_checkpoint, save_checkpoint
-from species_classifier.train.loop import evaluate, train_one_epoch
+from species_classifier.train.checkpoint import FoldState, load_checkpoint, read_fold_state, save_checkpoint
+from species_classifier.train.distributed import (
+    DistributedContext, EpochSampler, barrier, gather_arrays, init_distributed, shutdown_distributed, sum_across_ranks,
+)
+from species_classifier.train.interrupt import GracefulStop, TrainingInterrupted
+from species_classifier.train.loop import EvaluationResult, predict_logits, train_one_epoch
 from species_classifier.train.recipe import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -43,11 +48,16 @@ class RunConflictError(ValueError):
 
 
 def run_training(config: TrainConfig) -> Path:
-    """Train one model per fold and write the bundle to `config.out`; returns the run folder."""
+    """Train one model per fold and write the bundle to `config.out`; returns the run folder.
+
+    Raises:
+        TrainingInterrupted: SIGTERM arrived; a checkpoint was saved and a rerun resumes.
+    """
     out = Path(config.out)
-    device = resolve_device(config.device)
+    checkpoints = checkpoint_folder(config)
+    context = init_distributed(resolve_device(config.device))
     threads = configure_threads(config.threads)
-    log.info("Training on %s with %d threads", device, threads)
+    log.info("Training on %s with %d threads, %d process(es)", context.device, threads, context.world_size)
 
     # Data: photos, labels, the optional `other` downsampling.
     classes = build_classes(config.targets)
@@ -56,31 +66,47 @@ def run_training(config: TrainConfig) -> Path:
     log_class_counts(photos, classes)
 
     # The run folder: resume when it contains the same run.
-    prepare_run_folder(out, config)
+    if context.is_main:
+        prepare_run_folder(out, checkpoints, config)
+    barrier(context)
     preprocess = create_classifier(config.model, len(classes), "none", config.drop_rate, config.img_size)[1]
 
     # Decode every photo once; exclude and report those that fail.
     cache = {"auto": None, "yes": True, "no": False}[config.cache_images]
     store = PhotoStore(photos["path"].tolist(), preprocess, cache=cache, threads=threads)
-    photos = write_excluded(out, photos, store)
+    photos = write_excluded(out, photos, store, context)
 
     # Splits: folds that keep each observation (or observer) together.
     photos["fold"] = assign_folds(
         photos["label_index"].to_numpy(), group_keys(photos, config.group_by), config.folds, config.seed, classes
     )
-    atomic_write_text(out / SPLITS_CSV, photos[["path", "species_name", "label", "observation_id", "fold"]].to_csv(index=False))
+    if context.is_main:
+        splits = photos[["path", "species_name", "label", "observation_id", "fold"]]
+        atomic_write_text(out / SPLITS_CSV, splits.to_csv(index=False))
 
-    # One model per fold.
+    # One model per fold; SIGTERM stops after the current batch with a checkpoint saved.
     bundle = Bundle(classes=classes, model_name=config.model, preprocess=preprocess, drop_rate=config.drop_rate, training=config.to_dict())
     index_of_path = {path: i for i, path in enumerate(store.paths)}
     photos["store_index"] = photos["path"].map(index_of_path)
-    for fold in sorted(set(photos["fold"]) - {TRAIN_ONLY}):
-        summary = train_fold(fold, photos, store, bundle, config, device, out)
-        bundle.folds.append(summary)
+    stop = GracefulStop().install()
+    try:
+        for fold in sorted(set(photos["fold"]) - {TRAIN_ONLY}):
+            run = FoldRun(fold, photos, store, bundle, config, context, out, checkpoints, stop)
+            bundle.folds.append(run.train())
+    finally:
+        stop.uninstall()
 
     # Save: out-of-fold predictions, metrics, model.json, report.
-    write_run_outputs(out, bundle)
+    if context.is_main:
+        write_run_outputs(out, checkpoints, bundle)
+    barrier(context)
+    shutdown_distributed()
     return out
+
+
+def checkpoint_folder(config: TrainConfig) -> Path:
+    """Return where resumable state goes: --checkpoint-dir, else OUT/checkpoints."""
+    return Path(config.checkpoint_dir) if config.checkpoint_dir else Path(config.out) / CHECKPOINT_DIR
 
 
 def label_photos(photos: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -125,9 +151,9 @@ def group_keys(photos: pd.DataFrame, group_by: str) -> np.ndarray:
     raise ValueError(f"--group-by must be 'observation' or 'observer', got {group_by!r}")
 
 
-def prepare_run_folder(out: Path, config: TrainConfig) -> None:
+def prepare_run_folder(out: Path, checkpoints: Path, config: TrainConfig) -> None:
     """Create `out`, or check that the run saved there has the same settings, so it can resume."""
-    saved_path = out / CHECKPOINT_DIR / RUN_CONFIG
+    saved_path = checkpoints / RUN_CONFIG
     if saved_path.is_file():
         saved = TrainConfig.from_dict(json.loads(saved_path.read_text()))
         differences = {
@@ -147,22 +173,27 @@ def prepare_run_folder(out: Path, config: TrainConfig) -> None:
     atomic_write_text(saved_path, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
-def remove_run(out: Path) -> None:
-    """Delete what a previous run wrote into `out` (for --overwrite)."""
+def remove_run(config: TrainConfig) -> None:
+    """Delete what a previous run wrote into --out and --checkpoint-dir (for --overwrite)."""
+    out, checkpoints = Path(config.out), checkpoint_folder(config)
+    if checkpoints.exists() and (checkpoints / RUN_CONFIG).exists():
+        log.warning("--overwrite: deleting the previous checkpoints in %s", checkpoints)
+        shutil.rmtree(checkpoints)
     if not out.exists():
         return
-    if not ((out / CHECKPOINT_DIR).exists() or (out / MODEL_JSON).exists()):
+    if not ((out / CHECKPOINT_DIR).exists() or (out / MODEL_JSON).exists() or not any(out.iterdir())):
         raise RunConflictError(f"--overwrite: {out} does not look like a run folder; not deleting it")
     log.warning("--overwrite: deleting the previous run in %s", out)
     shutil.rmtree(out)
 
 
-def write_excluded(out: Path, photos: pd.DataFrame, store: PhotoStore) -> pd.DataFrame:
+def write_excluded(out: Path, photos: pd.DataFrame, store: PhotoStore, context: DistributedContext) -> pd.DataFrame:
     """Record photos that failed to decode and return the table without them."""
     reasons = {photo.path: photo.reason for photo in store.excluded}
     excluded = photos[photos["path"].isin(reasons)][["path", "species_name"]].copy()
     excluded["reason"] = excluded["path"].map(reasons)
-    atomic_write_text(out / EXCLUDED_CSV, excluded.to_csv(index=False))
+    if context.is_main:
+        atomic_write_text(out / EXCLUDED_CSV, excluded.to_csv(index=False))
     return photos[~photos["path"].isin(reasons)].reset_index(drop=True)
 
 
@@ -177,108 +208,161 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tens
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def make_loaders(
-    photos: pd.DataFrame, fold: int, store: PhotoStore, preprocess: PreprocessConfig, config: TrainConfig, generator: torch.Generator
-) -> tuple[DataLoader, DataLoader, pd.DataFrame, pd.DataFrame]:
-    train_rows = photos[photos["fold"] != fold]
-    validation_rows = photos[photos["fold"] == fold]
-    augment = AugmentConfig(scale_min=config.scale_min, hflip=config.hflip, vflip=config.vflip, rotation_degrees=config.rotation)
-    train_set = PhotoDataset(store, train_rows["store_index"], train_rows["label_index"], build_train_transform(preprocess, augment))
-    validation_set = PhotoDataset(store, validation_rows["store_index"], validation_rows["label_index"], build_eval_transform(preprocess))
+class FoldRun:
+    """Training of one fold: model, loaders, optimizer, the epoch loop, checkpoints and saving."""
 
-    workers = default_workers() if config.workers < 0 else config.workers
-    common = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
-    train_loader = DataLoader(
-        train_set, shuffle=True, generator=generator, drop_last=len(train_set) > config.batch_size, **common
-    )
-    validation_loader = DataLoader(validation_set, shuffle=False, **common)
-    return train_loader, validation_loader, train_rows, validation_rows
+    def __init__(
+        self, fold: int, photos: pd.DataFrame, store: PhotoStore, bundle: Bundle, config: TrainConfig,
+        context: DistributedContext, out: Path, checkpoints: Path, stop: GracefulStop,
+    ):
+        self.fold, self.bundle, self.config, self.context = fold, bundle, config, context
+        self.out, self.checkpoints, self.stop = out, checkpoints, stop
+        self.name = f"fold {fold + 1}/{max(config.folds, 1)}"
+        self.checkpoint_path = checkpoints / f"fold_{fold}.safetensors"
+        self.weights_name = f"fold_{fold}.safetensors"
+        self.device = context.device
+        torch.manual_seed(config.seed + fold + 1000 * context.rank)
+        self.generator = torch.Generator().manual_seed(config.seed + fold)
 
+        # Model: a fresh pretrained backbone, in channels_last, optionally compiled and wrapped in DDP.
+        self.model, preprocess = create_classifier(config.model, len(bundle.classes), config.pretrained, config.drop_rate, config.img_size)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = self.model.to(self.device, memory_format=memory_format)
+        self.forward_model: nn.Module = torch.compile(self.model) if config.compile else self.model
+        if context.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(self.forward_model, device_ids=device_ids)
 
-def train_fold(
-    fold: int, photos: pd.DataFrame, store: PhotoStore, bundle: Bundle, config: TrainConfig, device: torch.device, out: Path
-) -> dict:
-    """Train, early-stop and save one fold; resumes from its checkpoint when there is one."""
-    n_folds = max(config.folds, 1)
-    name = f"fold {fold + 1}/{n_folds}"
-    checkpoint_path = out / CHECKPOINT_DIR / f"fold_{fold}.safetensors"
-    weights_name = f"fold_{fold}.safetensors"
-    torch.manual_seed(config.seed + fold)
-    generator = torch.Generator().manual_seed(config.seed + fold)
+        # Data: this fold's training and validation photos, sharded over processes.
+        self.train_rows = photos[photos["fold"] != fold]
+        self.validation_rows = photos[photos["fold"] == fold]
+        augment = AugmentConfig(scale_min=config.scale_min, hflip=config.hflip, vflip=config.vflip, rotation_degrees=config.rotation)
+        train_set = PhotoDataset(store, self.train_rows["store_index"], self.train_rows["label_index"], build_train_transform(preprocess, augment))
+        validation_set = PhotoDataset(store, self.validation_rows["store_index"], self.validation_rows["label_index"], build_eval_transform(preprocess))
+        self.train_sampler = EpochSampler(len(train_set), context, shuffle=True, seed=config.seed * 1000 + fold)
+        self.validation_sampler = EpochSampler(len(validation_set), context, shuffle=False)
+        workers = default_workers() if config.workers < 0 else config.workers
+        common = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+        self.train_loader = DataLoader(train_set, sampler=self.train_sampler, generator=self.generator, drop_last=len(train_set) > config.batch_size * context.world_size, **common)
+        self.validation_loader = DataLoader(validation_set, sampler=self.validation_sampler, **common)
 
-    model, preprocess = create_classifier(config.model, len(bundle.classes), config.pretrained, config.drop_rate, config.img_size)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    train_loader, validation_loader, train_rows, validation_rows = make_loaders(photos, fold, store, preprocess, config, generator)
+        # Optimizer, schedule, loss.
+        self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.lr, config.lr_multipliers, config.weight_decay))
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=config.scheduler_factor, patience=config.scheduler_patience
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
+        weights = class_weights(self.train_rows["label_index"].to_numpy(), len(bundle.classes), config.class_weights)
+        self.criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.device), label_smoothing=config.label_smoothing)
+        self.validation_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
 
-    optimizer = torch.optim.AdamW(build_param_groups(model, config.lr, config.lr_multipliers, config.weight_decay))
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.scheduler_factor, patience=config.scheduler_patience
-    )
-    weights = class_weights(train_rows["label_index"].to_numpy(), len(bundle.classes), config.class_weights)
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing)
+        self.state, self.best_weights = FoldState(fold=fold), None
 
-    state, best_weights = FoldState(fold=fold), None
-    if checkpoint_path.is_file():
-        state, best_weights = load_checkpoint(checkpoint_path, model, optimizer, scheduler, generator)
-        log.info("%s: resuming after epoch %d (best macro F1 %.4f at epoch %d)", name, state.epochs_done, state.best_macro_f1, state.best_epoch)
+    def train(self) -> dict:
+        """Train with early stopping, resuming from this fold's checkpoint; returns the fold summary."""
+        if self.checkpoint_path.is_file():
+            self.state, self.best_weights = load_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.generator)
+            if self.context.rank > 0:
+                torch.manual_seed(self.config.seed + self.fold + 1000 * self.context.rank + self.state.epochs_done)
+            log.info("%s: resuming after epoch %d, batch %d (best macro F1 %.4f at epoch %d)", self.name,
+                     self.state.epochs_done, self.state.batches_done, self.state.best_macro_f1, self.state.best_epoch)
+        log.info("%s: %d training photos, %d validation photos", self.name, len(self.train_rows), len(self.validation_rows))
 
-    log.info("%s: %d training photos, %d validation photos", name, len(train_rows), len(validation_rows))
-    while not state.early_stopped and state.epochs_done < config.epochs:
-        epoch = state.epochs_done + 1
-        trained = train_one_epoch(model, train_loader, criterion, optimizer, device, config.channels_last, f"{name} epoch {epoch}")
-        validated = evaluate(model, validation_loader, criterion, device, config.channels_last)
+        while not self.state.early_stopped and self.state.epochs_done < self.config.epochs:
+            self.run_epoch(self.state.epochs_done + 1)
+
+        if self.state.saved_at_epoch == self.state.epochs_done and self.outputs_exist():
+            log.info("%s: already finished (best val_macro_f1=%.4f at epoch %d)", self.name, self.state.best_macro_f1, self.state.best_epoch)
+        else:
+            self.save_best()
+        return {
+            "fold": self.fold, "weights": self.weights_name, "best_epoch": self.state.best_epoch,
+            "best_macro_f1": self.state.best_macro_f1, "epochs_run": self.state.epochs_done,
+            "n_train": len(self.train_rows), "n_val": len(self.validation_rows),
+        }
+
+    def run_epoch(self, epoch: int) -> None:
+        config, state = self.config, self.state
+        self.train_sampler.set_epoch(epoch, start=state.batches_done * config.batch_size)
+        trained = train_one_epoch(
+            self.forward_model, self.train_loader, self.criterion, self.optimizer, self.device, config.channels_last,
+            config.precision, self.scaler, self.stop, self.context, f"{self.name} epoch {epoch}",
+        )
+        loss_sum, images = sum_across_ranks([trained.loss_sum, float(trained.images)], self.context)
+        state.partial_loss_sum += loss_sum
+        state.partial_images += int(images)
+        state.partial_seconds += trained.seconds
+        state.batches_done += trained.batches
+        if trained.interrupted:
+            self.save_checkpoint()
+            raise TrainingInterrupted(f"{self.name} stopped in epoch {epoch} after batch {state.batches_done}; rerun the same command to resume")
+
+        validated = self.validate()
         macro_f1 = validated.macro_f1
-        scheduler.step(macro_f1)
-
+        self.scheduler.step(macro_f1)
         improved = macro_f1 > state.best_macro_f1
         if improved:
             # A true copy: state_dict() returns views that keep changing as training goes on.
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             state.best_macro_f1, state.best_epoch, state.epochs_without_improvement = macro_f1, epoch, 0
         else:
             state.epochs_without_improvement += 1
 
+        seconds = state.partial_seconds
         row = {
-            "fold": fold, "epoch": epoch, "train_loss": trained.loss, "val_loss": validated.loss,
-            "val_macro_f1": macro_f1, "val_accuracy": validated.accuracy,
-            "lr": optimizer.param_groups[-1]["lr"] / config.lr_multipliers[-1],
-            "seconds": trained.seconds, "train_images_per_s": trained.images_per_second,
+            "fold": self.fold, "epoch": epoch, "train_loss": state.partial_loss_sum / max(state.partial_images, 1),
+            "val_loss": validated.loss, "val_macro_f1": macro_f1, "val_accuracy": validated.accuracy,
+            "lr": self.optimizer.param_groups[-1]["lr"] / config.lr_multipliers[-1],
+            "seconds": seconds, "train_images_per_s": state.partial_images / seconds if seconds > 0 else 0.0,
         }
         state.history.append(row)
-        state.epochs_done = epoch
+        state.epochs_done, state.batches_done = epoch, 0
+        state.partial_loss_sum, state.partial_images, state.partial_seconds = 0.0, 0, 0.0
         log.info(
             "%s epoch %d/%d: train_loss=%.4f val_loss=%.4f val_macro_f1=%.4f val_accuracy=%.4f lr=%.2e images/s=%.1f%s",
-            name, epoch, config.epochs, trained.loss, validated.loss, macro_f1, validated.accuracy, row["lr"],
-            trained.images_per_second, " (best)" if improved else "",
+            self.name, epoch, config.epochs, row["train_loss"], row["val_loss"], macro_f1, row["val_accuracy"],
+            row["lr"], row["train_images_per_s"], " (best)" if improved else "",
         )
         if state.epochs_without_improvement >= config.patience:
-            log.info("%s: early stop, no macro F1 gain for %d epochs", name, config.patience)
+            log.info("%s: early stop, no macro F1 gain for %d epochs", self.name, config.patience)
             state.early_stopped = True
-        save_checkpoint(checkpoint_path, model, best_weights, optimizer, scheduler, state, generator)
-        write_metrics(out)
+        self.save_checkpoint()
 
-    summary = {
-        "fold": fold, "weights": weights_name, "best_epoch": state.best_epoch, "best_macro_f1": state.best_macro_f1,
-        "epochs_run": state.epochs_done, "n_train": len(train_rows), "n_val": len(validation_rows),
-    }
-    oof_path = out / CHECKPOINT_DIR / f"oof_fold_{fold}.csv"
-    if state.saved_at_epoch == state.epochs_done and oof_path.is_file() and (out / weights_name).is_file():
-        log.info("%s: already finished (best val_macro_f1=%.4f at epoch %d)", name, state.best_macro_f1, state.best_epoch)
-        return summary
+    def validate(self, description: str = "validate") -> EvaluationResult:
+        """Predict the validation photos on every process and gather them in table order."""
+        logits, labels = predict_logits(
+            self.forward_model, self.validation_loader, self.device, self.config.channels_last, self.config.precision,
+            f"{self.name} {description}", show_progress=self.context.is_main,
+        )
+        order = np.asarray(self.validation_sampler.indices(), dtype=np.int64)
+        gathered = gather_arrays({"order": order, "logits": logits, "labels": labels}, self.context)
+        ranked = np.argsort(gathered["order"], kind="stable")
+        logits, labels = gathered["logits"][ranked], gathered["labels"][ranked]
+        loss = float(self.validation_criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()) if len(labels) else 0.0
+        return EvaluationResult(loss=loss, logits=logits, labels=labels)
 
-    # Save: the best epoch's weights and their out-of-fold predictions.
-    state.saved_at_epoch = state.epochs_done
-    model.load_state_dict(best_weights)
-    save_tensors(model.state_dict(), out / weights_name)
-    validated = evaluate(model, validation_loader, criterion, device, config.channels_last, f"{name} out-of-fold")
-    write_fold_oof(out, fold, validation_rows, validated.logits, bundle.classes)
-    save_checkpoint(checkpoint_path, model, best_weights, optimizer, scheduler, state, generator)
-    log.info("%s: best val_macro_f1=%.4f at epoch %d", name, state.best_macro_f1, state.best_epoch)
-    return summary
+    def save_checkpoint(self) -> None:
+        if self.context.is_main:
+            save_checkpoint(self.checkpoint_path, self.model, self.best_weights, self.optimizer, self.scheduler, self.state, self.generator)
+            write_metrics(self.out, self.checkpoints)
+        barrier(self.context)
+
+    def outputs_exist(self) -> bool:
+        return (self.checkpoints / f"oof_fold_{self.fold}.csv").is_file() and (self.out / self.weights_name).is_file()
+
+    def save_best(self) -> None:
+        """Save the best epoch's weights and their out-of-fold predictions."""
+        self.model.load_state_dict(self.best_weights)
+        validated = self.validate("out-of-fold")
+        self.state.saved_at_epoch = self.state.epochs_done
+        if self.context.is_main:
+            save_tensors(self.model.state_dict(), self.out / self.weights_name)
+            write_fold_oof(self.checkpoints, self.fold, self.validation_rows, validated.logits, self.bundle.classes)
+        self.save_checkpoint()
+        log.info("%s: best val_macro_f1=%.4f at epoch %d", self.name, self.state.best_macro_f1, self.state.best_epoch)
 
 
-def write_fold_oof(out: Path, fold: int, rows: pd.DataFrame, logits: np.ndarray, classes: list[str]) -> None:
+def write_fold_oof(checkpoints: Path, fold: int, rows: pd.DataFrame, logits: np.ndarray, classes: list[str]) -> None:
     shifted = logits - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     table = rows[["path", "species_name", "label", "label_index", "fold", "observation_id", "license", "attribution", "role"]].copy()
@@ -288,26 +372,23 @@ def write_fold_oof(out: Path, fold: int, rows: pd.DataFrame, logits: np.ndarray,
         table[f"prob_{name}"] = probabilities[:, index]
     for index, name in enumerate(classes):
         table[f"logit_{name}"] = logits[:, index]
-    atomic_write_text(out / CHECKPOINT_DIR / f"oof_fold_{fold}.csv", table.to_csv(index=False))
+    atomic_write_text(checkpoints / f"oof_fold_{fold}.csv", table.to_csv(index=False))
 
 
-def write_metrics(out: Path) -> None:
+def write_metrics(out: Path, checkpoints: Path) -> None:
     """Collect every fold checkpoint's epoch history into metrics.csv."""
-    from safetensors import safe_open
-
     rows = []
-    for path in sorted((out / CHECKPOINT_DIR).glob("fold_*.safetensors")):
-        with safe_open(str(path), framework="pt") as file:
-            rows.extend(json.loads(file.metadata()["training_state"])["fold_state"]["history"])
+    for path in sorted(checkpoints.glob("fold_*.safetensors")):
+        rows.extend(read_fold_state(path).history)
     if rows:
         atomic_write_text(out / METRICS_CSV, pd.DataFrame(rows).sort_values(["fold", "epoch"]).to_csv(index=False))
 
 
-def write_run_outputs(out: Path, bundle: Bundle) -> None:
-    parts = [pd.read_csv(path, keep_default_na=False) for path in sorted((out / CHECKPOINT_DIR).glob("oof_fold_*.csv"))]
+def write_run_outputs(out: Path, checkpoints: Path, bundle: Bundle) -> None:
+    parts = [pd.read_csv(checkpoints / f"oof_fold_{fold['fold']}.csv", keep_default_na=False) for fold in bundle.folds]
     oof = pd.concat(parts, ignore_index=True)
     atomic_write_text(out / OOF_CSV, oof.to_csv(index=False))
-    write_metrics(out)
+    write_metrics(out, checkpoints)
     write_bundle(out, bundle)
 
     f1s = [fold["best_macro_f1"] for fold in bundle.folds]
