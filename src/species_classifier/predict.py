@@ -58,6 +58,9 @@ class Predictor:
         """Run every fold model on a preprocessed (N, 3, H, W) batch and average the probabilities."""
         batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         logits = torch.stack([model(batch).float() for model in self.models])
+        if self.bundle.tta == "flip":
+            mirrored = batch.flip(-1)
+            logits = (logits + torch.stack([model(mirrored).float() for model in self.models])) / 2
         fold_probabilities = logits.softmax(dim=-1).cpu().numpy()
         return Prediction(
             probabilities=fold_probabilities.mean(axis=0),

@@ -67,6 +67,8 @@ class AugmentConfig:
     hflip: float = 0.5
     vflip: float = 0.0
     rotation_degrees: float = 15.0
+    # Extra policy on top: "none", "trivial" (TrivialAugmentWide) or "randaugment" (RandAugment, 2 ops, magnitude 9).
+    policy: str = "none"
 
 
 def resize_for_model(image: Image.Image, config: PreprocessConfig) -> Image.Image:
@@ -117,6 +119,12 @@ def build_train_transform(config: PreprocessConfig, augment: AugmentConfig) -> v
         steps.append(v2.RandomVerticalFlip(augment.vflip))
     if augment.rotation_degrees > 0:
         steps.append(v2.RandomRotation(augment.rotation_degrees, interpolation=InterpolationMode.BILINEAR))
+    if augment.policy == "trivial":
+        steps.append(v2.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR))
+    elif augment.policy == "randaugment":
+        steps.append(v2.RandAugment(num_ops=2, magnitude=9, interpolation=InterpolationMode.BILINEAR))
+    elif augment.policy != "none":
+        raise ValueError(f"--augment must be none, trivial or randaugment, got {augment.policy!r}")
     return v2.Compose([*steps, *_normalize(config)])
 
 

@@ -54,6 +54,8 @@ class Bundle:
     model_name: str
     preprocess: PreprocessConfig
     drop_rate: float = 0.5
+    # Test-time augmentation every stage applies: "none" or "flip" (mean logits of the image and its mirror).
+    tta: str = "none"
     folds: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -69,6 +71,7 @@ class Bundle:
             "classes": self.classes,
             "architecture": {"model_name": self.model_name, "num_classes": len(self.classes), "drop_rate": self.drop_rate},
             "preprocessing": self.preprocess.to_dict(),
+            "inference": {"tta": self.tta},
             "folds": self.folds,
             "training": self.training,
             "versions": self.versions,
@@ -86,6 +89,7 @@ class Bundle:
             model_name=architecture["model_name"],
             drop_rate=float(architecture.get("drop_rate", 0.0)),
             preprocess=PreprocessConfig.from_dict(values["preprocessing"]),
+            tta=str(values.get("inference", {}).get("tta", "none")),
             folds=list(values.get("folds", [])),
             training=dict(values.get("training", {})),
             versions=dict(values.get("versions", {})),

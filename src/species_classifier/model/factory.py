@@ -113,13 +113,18 @@ def build_param_groups(
     base_lr: float,
     lr_multipliers: Sequence[float] = (0.1, 0.5, 1.0, 10.0),
     weight_decay: float = 0.01,
+    layer_decay: float = 0.0,
 ) -> list[dict]:
     """Split parameters into learning-rate groups that rise from the stem to the head.
 
     The backbone's layers, ordered by timm's own `group_matcher` (stem, each block, final
     conv), are cut into `len(lr_multipliers) - 1` contiguous chunks of near-equal size;
     chunk i trains at `base_lr * lr_multipliers[i]`. The classifier head gets the last
-    multiplier. Biases and normalisation weights (1-D tensors) get no weight decay.
+    multiplier. With `layer_decay` in (0, 1), each layer instead trains at
+    `base_lr * layer_decay ** (layers_above_it)`, so the head gets `base_lr` and every
+    step down the network multiplies by `layer_decay`. Biases and normalisation weights
+    (1-D tensors) get no weight decay. Every group records its `initial_lr` and whether it
+    belongs to the backbone, for warm-up and schedules.
     """
     if len(lr_multipliers) < 2:
         raise ModelError("--lr-multipliers needs at least two values: backbone chunk(s), then head")
@@ -131,13 +136,22 @@ def build_param_groups(
     ]
     layers = [layer for layer in layers if layer]
 
-    chunks = len(lr_multipliers) - 1
     groups: list[dict] = []
-    for layer_index, layer in enumerate(layers):
-        chunk = min(layer_index * chunks // len(layers), chunks - 1)
-        groups.extend(_decay_split(layer, base_lr * lr_multipliers[chunk], weight_decay, f"backbone.{chunk}"))
     head = [p for p in model.get_classifier().parameters()]
-    groups.extend(_decay_split(head, base_lr * lr_multipliers[-1], weight_decay, "head"))
+    if 0 < layer_decay < 1:
+        for layer_index, layer in enumerate(layers):
+            scale = layer_decay ** (len(layers) - layer_index)
+            groups.extend(_decay_split(layer, base_lr * scale, weight_decay, f"backbone.layer{layer_index}"))
+        groups.extend(_decay_split(head, base_lr, weight_decay, "head"))
+    else:
+        chunks = len(lr_multipliers) - 1
+        for layer_index, layer in enumerate(layers):
+            chunk = min(layer_index * chunks // len(layers), chunks - 1)
+            groups.extend(_decay_split(layer, base_lr * lr_multipliers[chunk], weight_decay, f"backbone.{chunk}"))
+        groups.extend(_decay_split(head, base_lr * lr_multipliers[-1], weight_decay, "head"))
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+        group["backbone"] = group["name"] != "head"
 
     # Merge groups with the same name, learning rate and decay, so the optimizer state stays small.
     merged: dict[tuple, dict] = {}

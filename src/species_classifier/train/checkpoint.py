@@ -1,8 +1,9 @@
 """Resumable per-fold training state in one safetensors file.
 
-A checkpoint contains the current weights, the best epoch's weights, the optimizer's
-tensors, the random-number states and (as JSON in the file's metadata) the epoch
-counter, early-stopping state, scheduler state and metric history. It is written
+A checkpoint contains the current weights, the best epoch's weights, the EMA weights
+when EMA is on, the optimizer's tensors, the random-number states and (as JSON in the
+file's metadata) the epoch counter, early-stopping and learning-rate schedule state and
+the metric history. It is written
 after every epoch through a temporary file and an atomic rename, so a kill leaves
 either the previous checkpoint or the new one, never a torn file.
 No pickle is involved in reading or writing it.
@@ -37,6 +38,10 @@ class FoldState:
     early_stopped: bool = False
     # Completed epochs when the fold's weights and out-of-fold predictions were last saved.
     saved_at_epoch: int = 0
+    # Reduce-on-plateau state: the factor on learning rates, best macro F1, epochs without gain.
+    plateau_scale: float = 1.0
+    plateau_best: float = -1.0
+    plateau_bad_epochs: int = 0
     # Progress inside an epoch that SIGTERM interrupted: batches and sums so far.
     batches_done: int = 0
     partial_loss_sum: float = 0.0
@@ -73,13 +78,15 @@ def save_checkpoint(
     model: torch.nn.Module,
     best_weights: dict[str, torch.Tensor] | None,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
     fold_state: FoldState,
     loader_generator: torch.Generator,
+    ema_model: torch.nn.Module | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best_weights is not None:
         tensors.update({f"best.{k}": v for k, v in best_weights.items()})
+    if ema_model is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema_model.state_dict().items()})
     optimizer_tensors, optimizer_meta = _optimizer_tensors(optimizer)
     tensors.update(optimizer_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
@@ -90,7 +97,6 @@ def save_checkpoint(
     meta = {
         "fold_state": fold_state.__dict__,
         "optimizer": optimizer_meta,
-        "scheduler": scheduler.state_dict(),
         "rng_numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         "rng_python": [python_state[0], list(python_state[1]), python_state[2]],
     }
@@ -107,8 +113,8 @@ def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
     loader_generator: torch.Generator,
+    ema_model: torch.nn.Module | None = None,
 ) -> tuple[FoldState, dict[str, torch.Tensor] | None]:
     """Restore everything `save_checkpoint` wrote; returns the fold state and best weights."""
     with safe_open(str(path), framework="pt") as file:
@@ -118,7 +124,8 @@ def load_checkpoint(
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
     _restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")}, meta["optimizer"])
-    scheduler.load_state_dict(meta["scheduler"])
+    if ema_model is not None:
+        ema_model.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
 
     torch.set_rng_state(tensors["rng.torch"])
     loader_generator.set_state(tensors["rng.loader"])

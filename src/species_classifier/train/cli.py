@@ -57,6 +57,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     recipe.add_argument("--lr", type=float, default=defaults.lr, help="base learning rate (AdamW)")
     recipe.add_argument("--lr-multipliers", type=_floats, default=defaults.lr_multipliers, help="learning-rate multipliers from the earliest backbone layers to the head; the backbone's layers are cut into len-1 equal chunks, the last value is the head's")
+    recipe.add_argument("--layer-decay", type=float, default=defaults.layer_decay, help="layer-wise learning-rate decay in (0, 1): each layer down from the head trains at this fraction of the one above; replaces --lr-multipliers; 0 = off")
+    recipe.add_argument("--scheduler", choices=("plateau", "cosine"), default=defaults.scheduler, help="learning-rate schedule after warm-up: reduce on validation macro F1 plateau, or cosine decay to 1%% over --epochs")
+    recipe.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs, help="epochs of linear learning-rate warm-up")
+    recipe.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs, help="first epochs in which only the head trains (backbone learning rate 0)")
+    recipe.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="keep an exponential moving average of the weights with this decay per step (e.g. 0.998) and validate and save it; 0 = off")
     recipe.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (not applied to biases and norm weights)")
     recipe.add_argument("--class-weights", choices=("balanced", "none"), default=defaults.class_weights, help="cross-entropy class weights: balanced = n / (classes * n_class)")
     recipe.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="cross-entropy label smoothing")
@@ -69,6 +74,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     augment.add_argument("--hflip", type=float, default=defaults.hflip, help="horizontal flip probability")
     augment.add_argument("--vflip", type=float, default=defaults.vflip, help="vertical flip probability (off by default: birds and plants have an up)")
     augment.add_argument("--rotation", type=float, default=defaults.rotation, help="maximum random rotation in degrees")
+    augment.add_argument("--augment", choices=("none", "trivial", "randaugment"), default=defaults.augment, help="extra augmentation policy: TrivialAugmentWide or RandAugment (2 ops, magnitude 9)")
+    augment.add_argument("--tta", choices=("none", "flip"), default=defaults.tta, help="test-time augmentation for validation, predict and serve: flip = mean of the image and its mirror")
 
     speed = parser.add_argument_group("speed")
     speed.add_argument("--workers", type=int, default=defaults.workers, help="data-loader worker processes; -1 = one per core beyond the first")
@@ -95,6 +102,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         (args.img_size is None or args.img_size >= 32, f"--img-size must be at least 32 pixels, got {args.img_size}"),
         (0 <= args.drop_rate < 1, f"--drop-rate must be in [0, 1), got {args.drop_rate}"),
         (0 < args.scale_min <= 1, f"--scale-min must be in (0, 1], got {args.scale_min}"),
+        (0 <= args.layer_decay < 1, f"--layer-decay must be in [0, 1), got {args.layer_decay}"),
+        (0 <= args.ema_decay < 1, f"--ema-decay must be in [0, 1), got {args.ema_decay}"),
+        (args.warmup_epochs >= 0 and args.freeze_epochs >= 0, "--warmup-epochs and --freeze-epochs must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:
@@ -106,7 +116,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         folds=args.folds, group_by=args.group_by, seed=args.seed, other_fraction=args.other_fraction,
         model=args.model, pretrained=args.pretrained, img_size=args.img_size, drop_rate=args.drop_rate,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_multipliers=list(args.lr_multipliers),
-        weight_decay=args.weight_decay, class_weights=args.class_weights, label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay, layer_decay=args.layer_decay, scheduler=args.scheduler,
+        warmup_epochs=args.warmup_epochs, freeze_epochs=args.freeze_epochs, ema_decay=args.ema_decay,
+        augment=args.augment, tta=args.tta, class_weights=args.class_weights, label_smoothing=args.label_smoothing,
         patience=args.patience, scheduler_patience=args.scheduler_patience, scheduler_factor=args.scheduler_factor,
         scale_min=args.scale_min, hflip=args.hflip, vflip=args.vflip, rotation=args.rotation,
         workers=args.workers, threads=args.threads, channels_last=args.channels_last,

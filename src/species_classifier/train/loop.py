@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,7 @@ def train_one_epoch(
     stop: GracefulStop | None = None,
     context: DistributedContext | None = None,
     description: str = "train",
+    on_step: Callable[[], None] | None = None,
 ) -> EpochResult:
     """Train over `loader`; stops early, with `interrupted` set, when `stop` is requested on any rank."""
     model.train()
@@ -92,6 +94,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if on_step is not None:
+            on_step()
 
         loss_sum += loss.item() * len(labels)
         images_seen += len(labels)
@@ -112,8 +116,12 @@ def predict_logits(
     precision: str = "fp32",
     description: str = "validate",
     show_progress: bool = True,
+    tta: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (logits, labels) for every batch of `loader`, in loader order."""
+    """Return (logits, labels) for every batch of `loader`, in loader order.
+
+    With `tta="flip"`, logits are the mean over each image and its horizontal mirror.
+    """
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     all_logits, all_labels = [], []
@@ -121,6 +129,8 @@ def predict_logits(
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with autocast(device, precision):
             logits = model(images).float()
+            if tta == "flip":
+                logits = (logits + model(images.flip(-1)).float()) / 2
         all_logits.append(logits.cpu())
         all_labels.append(labels)
     if not all_logits:

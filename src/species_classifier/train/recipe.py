@@ -9,7 +9,7 @@ from typing import Any
 # existing --out resumes only when these match the saved run.
 IDENTITY_FIELDS = (
     "dataset", "targets", "folds", "seed", "model", "pretrained", "img_size",
-    "other_fraction", "group_by", "drop_rate",
+    "other_fraction", "group_by", "drop_rate", "ema_decay", "tta",
 )
 
 
@@ -32,6 +32,12 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     lr_multipliers: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 10.0])
+    layer_decay: float = 0.0
+    scheduler: str = "plateau"
+    warmup_epochs: int = 0
+    freeze_epochs: int = 0
+    ema_decay: float = 0.0
+    tta: str = "none"
     weight_decay: float = 0.01
     class_weights: str = "balanced"
     label_smoothing: float = 0.0
@@ -43,6 +49,7 @@ class TrainConfig:
     hflip: float = 0.5
     vflip: float = 0.0
     rotation: float = 15.0
+    augment: str = "none"
 
     checkpoint_dir: str = ""
     precision: str = "fp32"

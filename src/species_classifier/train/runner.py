@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from species_classifier.data.dataset import read_dataset
@@ -35,6 +36,7 @@ from species_classifier.train.distributed import (
 )
 from species_classifier.train.interrupt import GracefulStop, TrainingInterrupted
 from species_classifier.train.loop import EvaluationResult, predict_logits, train_one_epoch
+from species_classifier.train.schedule import apply_learning_rates, step_plateau
 from species_classifier.train.recipe import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,10 @@ def run_training(config: TrainConfig) -> Path:
         atomic_write_text(out / SPLITS_CSV, splits.to_csv(index=False))
 
     # One model per fold; SIGTERM stops after the current batch with a checkpoint saved.
-    bundle = Bundle(classes=classes, model_name=config.model, preprocess=preprocess, drop_rate=config.drop_rate, training=config.to_dict())
+    bundle = Bundle(
+        classes=classes, model_name=config.model, preprocess=preprocess, drop_rate=config.drop_rate,
+        training=config.to_dict(), tta=config.tta,
+    )
     index_of_path = {path: i for i, path in enumerate(store.paths)}
     photos["store_index"] = photos["path"].map(index_of_path)
     stop = GracefulStop().install()
@@ -236,7 +241,9 @@ class FoldRun:
         # Data: this fold's training and validation photos, sharded over processes.
         self.train_rows = photos[photos["fold"] != fold]
         self.validation_rows = photos[photos["fold"] == fold]
-        augment = AugmentConfig(scale_min=config.scale_min, hflip=config.hflip, vflip=config.vflip, rotation_degrees=config.rotation)
+        augment = AugmentConfig(
+            scale_min=config.scale_min, hflip=config.hflip, vflip=config.vflip, rotation_degrees=config.rotation, policy=config.augment
+        )
         train_set = PhotoDataset(store, self.train_rows["store_index"], self.train_rows["label_index"], build_train_transform(preprocess, augment))
         validation_set = PhotoDataset(store, self.validation_rows["store_index"], self.validation_rows["label_index"], build_eval_transform(preprocess))
         self.train_sampler = EpochSampler(len(train_set), context, shuffle=True, seed=config.seed * 1000 + fold)
@@ -246,11 +253,10 @@ class FoldRun:
         self.train_loader = DataLoader(train_set, sampler=self.train_sampler, generator=self.generator, drop_last=len(train_set) > config.batch_size * context.world_size, **common)
         self.validation_loader = DataLoader(validation_set, sampler=self.validation_sampler, **common)
 
-        # Optimizer, schedule, loss.
-        self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.lr, config.lr_multipliers, config.weight_decay))
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=config.scheduler_factor, patience=config.scheduler_patience
-        )
+        # Optimizer (per-layer rates; the schedule is applied each epoch), EMA, loss.
+        groups = build_param_groups(self.model, config.lr, config.lr_multipliers, config.weight_decay, config.layer_decay)
+        self.optimizer = torch.optim.AdamW(groups)
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay) if config.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         weights = class_weights(self.train_rows["label_index"].to_numpy(), len(bundle.classes), config.class_weights)
         self.criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.device), label_smoothing=config.label_smoothing)
@@ -261,7 +267,8 @@ class FoldRun:
     def train(self) -> dict:
         """Train with early stopping, resuming from this fold's checkpoint; returns the fold summary."""
         if self.checkpoint_path.is_file():
-            self.state, self.best_weights = load_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.generator)
+            ema_module = self.ema.module if self.ema is not None else None
+            self.state, self.best_weights = load_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.generator, ema_module)
             if self.context.rank > 0:
                 torch.manual_seed(self.config.seed + self.fold + 1000 * self.context.rank + self.state.epochs_done)
             log.info("%s: resuming after epoch %d, batch %d (best macro F1 %.4f at epoch %d)", self.name,
@@ -283,10 +290,11 @@ class FoldRun:
 
     def run_epoch(self, epoch: int) -> None:
         config, state = self.config, self.state
+        lr_factor = apply_learning_rates(self.optimizer, epoch, config, state)
         self.train_sampler.set_epoch(epoch, start=state.batches_done * config.batch_size)
         trained = train_one_epoch(
             self.forward_model, self.train_loader, self.criterion, self.optimizer, self.device, config.channels_last,
-            config.precision, self.scaler, self.stop, self.context, f"{self.name} epoch {epoch}",
+            config.precision, self.scaler, self.stop, self.context, f"{self.name} epoch {epoch}", self.update_ema,
         )
         loss_sum, images = sum_across_ranks([trained.loss_sum, float(trained.images)], self.context)
         state.partial_loss_sum += loss_sum
@@ -299,11 +307,12 @@ class FoldRun:
 
         validated = self.validate()
         macro_f1 = validated.macro_f1
-        self.scheduler.step(macro_f1)
+        step_plateau(state, macro_f1, config, epoch)
         improved = macro_f1 > state.best_macro_f1
         if improved:
             # A true copy: state_dict() returns views that keep changing as training goes on.
-            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            evaluated = self.ema.module if self.ema is not None else self.model
+            self.best_weights = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             state.best_macro_f1, state.best_epoch, state.epochs_without_improvement = macro_f1, epoch, 0
         else:
             state.epochs_without_improvement += 1
@@ -312,7 +321,7 @@ class FoldRun:
         row = {
             "fold": self.fold, "epoch": epoch, "train_loss": state.partial_loss_sum / max(state.partial_images, 1),
             "val_loss": validated.loss, "val_macro_f1": macro_f1, "val_accuracy": validated.accuracy,
-            "lr": self.optimizer.param_groups[-1]["lr"] / config.lr_multipliers[-1],
+            "lr": config.lr * lr_factor,
             "seconds": seconds, "train_images_per_s": state.partial_images / seconds if seconds > 0 else 0.0,
         }
         state.history.append(row)
@@ -328,11 +337,19 @@ class FoldRun:
             state.early_stopped = True
         self.save_checkpoint()
 
+    def update_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
     def validate(self, description: str = "validate") -> EvaluationResult:
-        """Predict the validation photos on every process and gather them in table order."""
+        """Predict the validation photos on every process and gather them in table order.
+
+        With EMA on, the EMA weights are the ones validated (and kept as the best weights).
+        """
+        model = self.ema.module if self.ema is not None else self.forward_model
         logits, labels = predict_logits(
-            self.forward_model, self.validation_loader, self.device, self.config.channels_last, self.config.precision,
-            f"{self.name} {description}", show_progress=self.context.is_main,
+            model, self.validation_loader, self.device, self.config.channels_last, self.config.precision,
+            f"{self.name} {description}", show_progress=self.context.is_main, tta=self.config.tta,
         )
         order = np.asarray(self.validation_sampler.indices(), dtype=np.int64)
         gathered = gather_arrays({"order": order, "logits": logits, "labels": labels}, self.context)
@@ -343,7 +360,8 @@ class FoldRun:
 
     def save_checkpoint(self) -> None:
         if self.context.is_main:
-            save_checkpoint(self.checkpoint_path, self.model, self.best_weights, self.optimizer, self.scheduler, self.state, self.generator)
+            ema_module = self.ema.module if self.ema is not None else None
+            save_checkpoint(self.checkpoint_path, self.model, self.best_weights, self.optimizer, self.state, self.generator, ema_module)
             write_metrics(self.out, self.checkpoints)
         barrier(self.context)
 
@@ -353,6 +371,8 @@ class FoldRun:
     def save_best(self) -> None:
         """Save the best epoch's weights and their out-of-fold predictions."""
         self.model.load_state_dict(self.best_weights)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.best_weights)
         validated = self.validate("out-of-fold")
         self.state.saved_at_epoch = self.state.epochs_done
         if self.context.is_main:

@@ -1,0 +1,130 @@
+"""Guards for each training-recipe component, so a refactor cannot silently drop one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from species_classifier.data.dataset import read_dataset
+from species_classifier.data.labels import build_classes
+from species_classifier.data.photos import PhotoStore
+from species_classifier.data.transforms import AugmentConfig, PreprocessConfig, build_train_transform
+from species_classifier.model.factory import build_param_groups, create_classifier
+from species_classifier.train.checkpoint import FoldState
+from species_classifier.train.distributed import DistributedContext
+from species_classifier.train.interrupt import GracefulStop
+from species_classifier.train.loop import predict_logits
+from species_classifier.train.recipe import TrainConfig
+from species_classifier.train.runner import FoldRun, class_weights, label_photos
+from species_classifier.train.schedule import apply_learning_rates, learning_rate_factor, step_plateau
+from species_classifier.model.bundle import Bundle
+
+
+def _fold_run(dataset: Path, out: Path, **overrides) -> FoldRun:
+    settings = {"img_size": 64, "batch_size": 8, "workers": 0, "epochs": 2, **overrides}
+    config = TrainConfig(dataset=str(dataset), targets=["Lycorma delicatula", "Acer rubrum"], out=str(out), **settings)
+    classes = build_classes(config.targets)
+    photos = label_photos(read_dataset(dataset), classes)
+    store = PhotoStore(photos["path"].tolist(), PreprocessConfig(input_size=64), cache=True, threads=1)
+    photos["store_index"] = range(len(photos))
+    photos["fold"] = np.arange(len(photos)) % 2
+    bundle = Bundle(classes=classes, model_name=config.model, preprocess=PreprocessConfig(input_size=64))
+    return FoldRun(0, photos, store, bundle, config, DistributedContext(), out, out / "checkpoints", GracefulStop())
+
+
+def test_layer_decay_is_geometric():
+    model, _ = create_classifier("tf_efficientnet_lite0", num_classes=3, pretrained="none")
+    groups = build_param_groups(model, base_lr=1.0, layer_decay=0.5)
+    lr_of = {id(p): group["lr"] for group in groups for p in group["params"]}
+    head = lr_of[id(model.classifier.weight)]
+    last_block = lr_of[id(model.blocks[6][0].conv_pw.weight)]
+    stem = lr_of[id(model.conv_stem.weight)]
+    assert head == pytest.approx(1.0)
+    assert last_block < head
+    assert stem < last_block
+    rates = sorted({group["lr"] for group in groups})
+    ratios = [low / high for low, high in zip(rates, rates[1:])]
+    assert ratios == pytest.approx([0.5] * len(ratios))
+
+
+def test_freeze_epochs_zero_backbone_rate():
+    model, _ = create_classifier("tf_efficientnet_lite0", num_classes=3, pretrained="none")
+    optimizer = torch.optim.AdamW(build_param_groups(model, base_lr=1e-3))
+    config = TrainConfig(freeze_epochs=1)
+    apply_learning_rates(optimizer, 1, config, FoldState(fold=0))
+    frozen = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert frozen["head"] == pytest.approx(1e-2)
+    assert all(lr == 0.0 for name, lr in frozen.items() if name != "head")
+    apply_learning_rates(optimizer, 2, config, FoldState(fold=0))
+    assert all(group["lr"] > 0 for group in optimizer.param_groups)
+
+
+def test_cosine_warmup_then_decay():
+    config = TrainConfig(scheduler="cosine", warmup_epochs=2, epochs=10)
+    factors = [learning_rate_factor(epoch, config, FoldState(fold=0)) for epoch in range(1, 11)]
+    assert factors[0] < factors[1] < factors[2]
+    assert factors[2] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(factors[2:], factors[3:]))
+    assert factors[-1] == pytest.approx(0.01)
+
+
+def test_plateau_lowers_rate_after_patience():
+    config = TrainConfig(scheduler_patience=1, scheduler_factor=0.5)
+    state = FoldState(fold=0)
+    for epoch, macro_f1 in enumerate([0.5, 0.6, 0.6, 0.6], start=1):
+        step_plateau(state, macro_f1, config, epoch)
+    assert state.plateau_scale == pytest.approx(0.5)
+    assert learning_rate_factor(5, config, state) == pytest.approx(0.5)
+
+
+def test_balanced_class_weights():
+    weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), 3, "balanced")
+    assert weights.tolist() == pytest.approx([6 / 9, 2.0, 1.0])
+    assert class_weights(np.array([0, 1]), 2, "none") is None
+
+
+@pytest.mark.parametrize("policy, expected", [("trivial", v2.TrivialAugmentWide), ("randaugment", v2.RandAugment)])
+def test_augment_policy_in_transform(policy: str, expected: type):
+    transform = build_train_transform(PreprocessConfig(input_size=32), AugmentConfig(policy=policy))
+    assert any(isinstance(step, expected) for step in transform.transforms)
+
+
+def test_flip_tta_averages_mirror():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    images = torch.randn(3, 3, 4, 4)
+    loader = [(images, torch.zeros(3, dtype=torch.long))]
+    plain, _ = predict_logits(model, loader, torch.device("cpu"), channels_last=False, show_progress=False)
+    mirrored, _ = predict_logits(model, [(images.flip(-1), torch.zeros(3))], torch.device("cpu"), channels_last=False, show_progress=False)
+    flipped, _ = predict_logits(model, loader, torch.device("cpu"), channels_last=False, show_progress=False, tta="flip")
+    np.testing.assert_allclose(flipped, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_fold_run_wires_loss_options(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, label_smoothing=0.1, class_weights="balanced")
+    assert run.criterion.label_smoothing == pytest.approx(0.1)
+    assert run.criterion.weight is not None
+    assert run.model.drop_rate == pytest.approx(0.5)
+    assert all(p.requires_grad for p in run.model.parameters())
+
+
+def test_frozen_epoch_keeps_backbone(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, freeze_epochs=1, epochs=1)
+    stem_before = run.model.conv_stem.weight.detach().clone()
+    head_before = run.model.classifier.weight.detach().clone()
+    run.run_epoch(1)
+    assert torch.equal(run.model.conv_stem.weight, stem_before)
+    assert not torch.equal(run.model.classifier.weight, head_before)
+
+
+def test_ema_weights_are_validated_and_kept(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, ema_decay=0.9, epochs=1)
+    run.run_epoch(1)
+    assert run.ema is not None
+    ema_stem = run.ema.module.conv_stem.weight
+    assert not torch.equal(ema_stem, run.model.conv_stem.weight)
+    assert torch.equal(run.best_weights["conv_stem.weight"], ema_stem)
