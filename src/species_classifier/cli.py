@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "species_classifier.evaluate.cli",  # evaluate
     "species_classifier.predict_cli",   # predict
     "species_classifier.serve.cli",     # serve, export, package
+    "species_classifier.sagemaker.cli", # sagemaker train, deploy, invoke
 )
 
 

@@ -58,6 +58,9 @@ def run_training(config: TrainConfig) -> Path:
     out = Path(config.out)
     checkpoints = checkpoint_folder(config)
     context = init_distributed(resolve_device(config.device))
+    if not context.is_main:
+        # One log per job: every rank computes the same metrics, rank 0 reports them.
+        logging.getLogger("species_classifier").setLevel(logging.WARNING)
     threads = configure_threads(config.threads)
     log.info("Training on %s with %d threads, %d process(es)", context.device, threads, context.world_size)
 
