@@ -1,8 +1,8 @@
 """Resumable per-fold training state in one safetensors file.
 
 A checkpoint contains the current weights, the best epoch's weights, the EMA weights
-when EMA is on, the optimizer's tensors, the random-number states and (as JSON in the
-file's metadata) the epoch counter, early-stopping and learning-rate schedule state and
+when EMA is on, the optimizer's tensors and the random-number states. Its metadata
+stores, as JSON, the epoch counter, early-stopping and learning-rate schedule state and
 the metric history. It is written
 after every epoch through a temporary file and an atomic rename, so a kill leaves
 either the previous checkpoint or the new one, never a torn file.
