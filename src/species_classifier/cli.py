@@ -26,6 +26,22 @@ COMMAND_MODULES = (
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: X)" to option help, except where it would mislead.
+
+    Skipped: empty defaults (None, "", False, []), on/off switches, and help that
+    already states its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        empty = default is None or default is False or default == "" or default == []
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if empty or switch or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the command parser; each subparser is reachable as `parser.subcommands[name]`."""
     parser = argparse.ArgumentParser(

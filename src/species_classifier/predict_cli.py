@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from species_classifier.cli import HelpFormatter
+
 log = logging.getLogger(__name__)
 
 
@@ -15,7 +17,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="predict image files, folders or globs with a trained run",
         description="Ensemble the run's fold models (mean of probabilities) on images and write every class probability.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run", metavar="RUN", help="run folder written by `train`")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or glob patterns")
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from species_classifier.predict import Predictor, expand_image_paths, predict_paths, write_predictions
     from species_classifier.runtime import configure_threads, resolve_device
 
+    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--output {args.output}: use a .csv or .json file name")
     threads = configure_threads(args.threads)
     paths = expand_image_paths(args.paths)
     if not paths:

@@ -75,7 +75,7 @@ def bad_requests(photo_bytes: bytes) -> dict[str, tuple[dict, int, str]]:
         "empty body": ({"content": b"", "headers": {"Content-Type": "image/jpeg"}}, 400, "empty"),
         "non-image bytes": ({"content": b"GIF89a but not really" * 10, "headers": {"Content-Type": "image/gif"}}, 400, "invalid image"),
         "truncated JPEG": ({"content": photo_bytes[:2000], "headers": {"Content-Type": "image/jpeg"}}, 400, "invalid image"),
-        "wrong content type": ({"content": photo_bytes, "headers": {"Content-Type": "application/octet-stream"}}, 415, "image/jpeg"),
+        "wrong content type": ({"content": photo_bytes, "headers": {"Content-Type": "text/plain"}}, 415, "image/jpeg"),
         "no content type": ({"content": photo_bytes}, 415, "missing"),
         "broken base64": ({"json": {"image": encoded[:101] + "!!!"}}, 400, "not valid base64"),
         "base64 of text": ({"json": {"image": base64.b64encode(b"hello world").decode()}}, 400, "invalid image"),

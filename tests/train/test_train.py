@@ -115,6 +115,13 @@ def test_missing_target_error(small_dataset: Path, tmp_path: Path, caplog):
     assert "'Acer rubrum'" in caplog.text
 
 
+def test_failed_checks_leave_out_reusable(small_dataset: Path, tmp_path: Path):
+    out = tmp_path / "r"
+    assert main(["train", str(small_dataset), "--targets", TARGETS, "--out", str(out), *FAST, "--folds", "10"]) == 2
+    assert main(["train", str(small_dataset), "--targets", TARGETS, "--out", str(out), *FAST, "--epochs", "1"]) == 0
+    assert (out / "model.json").is_file()
+
+
 def test_too_few_photos_for_folds_error(small_dataset: Path, tmp_path: Path, caplog):
     code = main(["train", str(small_dataset), "--targets", "Lycorma delicatula,Acer rubrum", "--out", str(tmp_path / "r"),
                  *FAST, "--folds", "10"])

@@ -88,7 +88,7 @@ class PhotoStore:
         for photo in self.excluded:
             log.warning("Excluded %s: %s", photo.path, photo.reason)
         if self.excluded:
-            log.warning("Excluded %d of %d photos that could not be decoded", len(self.excluded), len(paths))
+            log.warning("Excluded %d of %d photos that could not be read (missing, empty or undecodable)", len(self.excluded), len(paths))
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -60,8 +60,8 @@ def assign_folds(
     if problems:
         raise SplitError(
             f"cannot split into {n_folds} fold(s): " + "; ".join(problems)
-            + f". Every class needs at least {needed} observations: add photos, use fewer --folds, "
-            "or drop that species from --targets."
+            + f". Every class needs at least {needed} observations: add photos (for 'other', photos of "
+            "species that are not targets), use fewer --folds, or drop that species from --targets."
         )
     thin = [
         name for index, name in enumerate(class_names)

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from species_classifier.cli import HelpFormatter
 from species_classifier.config import ConfigError, load_section
 from species_classifier.sagemaker.deploy import DEFAULT_ENDPOINT_INSTANCE_TYPE
 from species_classifier.sagemaker.entry import build_train_parser
@@ -81,16 +82,6 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         return 2
 
     parser.set_defaults(func=print_usage)
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Append "(default: X)" to help, except for empty defaults (None, False, []) and help that names its default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        default = action.default
-        if default is None or default is False or default == [] or "(default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _add_aws_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
@@ -370,7 +361,7 @@ def add_deploy_parser(nested: argparse._SubParsersAction) -> argparse.ArgumentPa
             "one (uploaded to --upload-uri), or a local run folder (packaged, then uploaded). --training-job "
             "downloads a finished job's run folder, packages it and uploads it instead."
         ),
-        formatter_class=DefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("model", nargs="?", metavar="MODEL", help="s3://.../model.tar.gz, a local model.tar.gz, or a local run folder")
     parser.add_argument("--training-job", metavar="NAME", help="deploy the run folder of this completed training job instead of MODEL")
@@ -429,7 +420,7 @@ def add_invoke_parser(nested: argparse._SubParsersAction) -> argparse.ArgumentPa
             "Send a photo to an endpoint created by `sagemaker deploy` and print the JSON result: the predicted "
             "species and probabilities, or with --species the verification of that species. Needs boto3 only."
         ),
-        formatter_class=DefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("endpoint", metavar="ENDPOINT", help="endpoint name")
     parser.add_argument("photo", type=Path, metavar="PHOTO", help="image file (JPEG, PNG, WebP, GIF, BMP or TIFF)")

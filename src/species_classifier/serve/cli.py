@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from species_classifier.cli import HelpFormatter
 from species_classifier.serve.settings import BACKEND_CHOICES, PRECISION_CHOICES, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
             "/v1/predict are the app API, GET /ping and POST /invocations are the SageMaker container contract. "
             "ONNX backends use RUN/onnx/model.onnx and export it first when it is missing or stale."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder written by `train` (contains model.json)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 listens on every interface")
@@ -115,7 +116,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
             "output `fold_logits` of shape batch x fold x class), check it against PyTorch (max logit "
             "difference 1e-4), and optionally check OpenVINO's reduced precision on photos."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder written by `train`")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
@@ -138,7 +139,7 @@ def _add_package(subparsers: argparse._SubParsersAction) -> None:
             "(model_fn, input_fn, predict_fn, output_fn), code/requirements.txt and this package's inference "
             "modules under code/."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder written by `train`")
     parser.add_argument("--output", type=Path, help="archive to write; default RUN/model.tar.gz")

@@ -29,6 +29,8 @@ RAW_IMAGE_TYPES = (
     "image/bmp",
     "image/tiff",
     "application/x-image",
+    # The SageMaker SDK's default serializer for raw bytes; the bytes are still decoded and checked.
+    "application/octet-stream",
 )
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from species_classifier.cli import HelpFormatter
 from species_classifier.data.labels import parse_targets
 from species_classifier.model.factory import PRETRAINED_CHOICES
 from species_classifier.train.recipe import TrainConfig
@@ -31,7 +32,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
             "photos of one observation in one fold. Writes a model bundle (weights, model.json, metrics, "
             "out-of-fold predictions, report.html) to --out. Rerunning on the same --out resumes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("dataset", nargs="?", metavar="DATASET", help="folder of <Genus_species>/ subfolders, or a manifest CSV with path,species_name columns")
     parser.add_argument("--config", metavar="FILE.toml", help="read defaults for these flags from the [train] table of a TOML file")

@@ -68,26 +68,29 @@ def run_training(config: TrainConfig) -> Path:
     classes = build_classes(config.targets)
     photos = label_photos(read_dataset(config.dataset), classes)
     photos = sample_other(photos, config.other_fraction, config.seed, len(classes) - 1)
-    log_class_counts(photos, classes)
 
     # The run folder: resume when it contains the same run.
-    if context.is_main:
-        prepare_run_folder(out, checkpoints, config)
-    barrier(context)
+    check_run_folder(out, checkpoints, config)
     preprocess = create_classifier(config.model, len(classes), "none", config.drop_rate, config.img_size)[1]
 
-    # Decode every photo once; exclude and report those that fail.
+    # Decode every photo once; exclude those that fail.
     cache = {"auto": None, "yes": True, "no": False}[config.cache_images]
     store = PhotoStore(photos["path"].tolist(), preprocess, cache=cache, threads=threads)
-    photos = write_excluded(out, photos, store, context)
+    photos, excluded = drop_excluded(photos, store)
+    log_class_counts(photos, classes)
 
     # Splits: folds that keep each observation (or observer) together.
     photos["fold"] = assign_folds(
         photos["label_index"].to_numpy(), group_keys(photos, config.group_by), config.folds, config.seed, classes
     )
+
+    # The data checks passed: record the run's settings, exclusions and splits.
     if context.is_main:
+        atomic_write_text(checkpoints / RUN_CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / EXCLUDED_CSV, excluded.to_csv(index=False))
         splits = photos[["path", "species_name", "label", "observation_id", "fold"]]
         atomic_write_text(out / SPLITS_CSV, splits.to_csv(index=False))
+    barrier(context)
 
     # One model per fold; SIGTERM stops after the current batch with a checkpoint saved.
     bundle = Bundle(
@@ -159,8 +162,12 @@ def group_keys(photos: pd.DataFrame, group_by: str) -> np.ndarray:
     raise ValueError(f"--group-by must be 'observation' or 'observer', got {group_by!r}")
 
 
-def prepare_run_folder(out: Path, checkpoints: Path, config: TrainConfig) -> None:
-    """Create `out`, or check that the run saved there has the same settings, so it can resume."""
+def check_run_folder(out: Path, checkpoints: Path, config: TrainConfig) -> None:
+    """Check that a run saved in `out` has the same settings, so it can resume.
+
+    Raises:
+        RunConflictError: The saved run has other settings, or `out` has a finished run without checkpoints.
+    """
     saved_path = checkpoints / RUN_CONFIG
     if saved_path.is_file():
         saved = TrainConfig.from_dict(json.loads(saved_path.read_text()))
@@ -178,7 +185,6 @@ def prepare_run_folder(out: Path, checkpoints: Path, config: TrainConfig) -> Non
     elif out.exists() and any(out.iterdir()):
         if (out / MODEL_JSON).exists():
             raise RunConflictError(f"{out} contains a finished run without checkpoints; use another --out or --overwrite")
-    atomic_write_text(saved_path, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def remove_run(config: TrainConfig) -> None:
@@ -195,14 +201,12 @@ def remove_run(config: TrainConfig) -> None:
     shutil.rmtree(out)
 
 
-def write_excluded(out: Path, photos: pd.DataFrame, store: PhotoStore, context: DistributedContext) -> pd.DataFrame:
-    """Record photos that failed to decode and return the table without them."""
+def drop_excluded(photos: pd.DataFrame, store: PhotoStore) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off photos that failed to decode; returns (usable photos, excluded photos with the reason)."""
     reasons = {photo.path: photo.reason for photo in store.excluded}
     excluded = photos[photos["path"].isin(reasons)][["path", "species_name"]].copy()
     excluded["reason"] = excluded["path"].map(reasons)
-    if context.is_main:
-        atomic_write_text(out / EXCLUDED_CSV, excluded.to_csv(index=False))
-    return photos[~photos["path"].isin(reasons)].reset_index(drop=True)
+    return photos[~photos["path"].isin(reasons)].reset_index(drop=True), excluded
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -415,7 +419,8 @@ def write_run_outputs(out: Path, checkpoints: Path, bundle: Bundle) -> None:
     write_bundle(out, bundle)
 
     f1s = [fold["best_macro_f1"] for fold in bundle.folds]
-    log.info("Macro F1 over %d fold(s): %.4f ± %.4f", len(f1s), float(np.mean(f1s)), float(np.std(f1s)))
+    spread = float(np.std(f1s, ddof=1)) if len(f1s) > 1 else 0.0
+    log.info("Macro F1 over %d fold(s): %.4f ± %.4f (sample standard deviation)", len(f1s), float(np.mean(f1s)), spread)
     write_report_safely(out)
 
 
