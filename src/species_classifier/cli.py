@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(args.verbose, args.quiet)
     try:
-        if getattr(args, "config", None):
+        if getattr(args, "config", None) and not getattr(args, "reads_config_itself", False):
             apply_config_defaults(parser.subcommands[args.command], args.config, args.command)
             args = parser.parse_args(argv)
         if argv is None and getattr(args, "tune_allocator", False):

@@ -308,7 +308,8 @@ def _add_collect(subparsers: argparse._SubParsersAction) -> None:
     add("--api-requests-per-second", type=float, metavar="RATE", help="average web API rate limit in requests per second, with bursts of 5 seconds' worth (default: 1, as in pyinaturalist)")
 
     add("--out", metavar="FILE.csv", help="manifest to write (required)")
-    parser.set_defaults(func=run_collect)
+    # This command reads --config itself, resolving relative paths against the file's folder.
+    parser.set_defaults(func=run_collect, reads_config_itself=True)
 
 
 def _add_download(subparsers: argparse._SubParsersAction) -> None:
@@ -338,7 +339,7 @@ def _add_download(subparsers: argparse._SubParsersAction) -> None:
     add("--verify-existing", action="store_true", default=None, help="decode photos already on disk before skipping them, and fetch broken ones again")
     add("--failures", metavar="FILE.csv", help="failures report with photo_id, url, error (default: MANIFEST_STEM.failures.csv beside the manifest)")
     add("--no-progress", action="store_true", default=None, help="hide the progress bar")
-    parser.set_defaults(func=run_download)
+    parser.set_defaults(func=run_download, reads_config_itself=True)
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
