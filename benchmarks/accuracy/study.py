@@ -170,6 +170,9 @@ def write_markdown(records: list[dict]) -> None:
             f"| {record['ece_before']:.3f} → {record['ece_after']:.3f} "
             f"| {record.get('train_images_per_s', float('nan')):.1f} | {record['wall_seconds'] / 60:.1f} min |"
         )
+    notes = [f"- {record['config']}: {record['note']}" for record in records if record.get("note")]
+    if notes:
+        lines += ["", "Notes on individual runs:", *notes]
     lines += ["", "Per-target F1 and true-accept rates are in `results.json`.", ""]
     RESULTS_MD.write_text("\n".join(lines))
 
