@@ -31,8 +31,8 @@ MAX_FALSE_ACCEPT = 0.02
 
 # Each configuration changes the current defaults by these `train` flags.
 CONFIGS: dict[str, list[str]] = {
-    # efficientnet_b1 ImageNet weights need the hub, which is offline here; the closest
-    # embedded model, tf_efficientnet_lite2 at its 260 px, stands in (labelled as such).
+    # efficientnet_b1 ImageNet weights need the hub, which is offline here, so the closest
+    # embedded model, tf_efficientnet_lite2 at its 260 px, replaces it (labelled as such).
     "reference (lite2 substitute)": ["--model", "tf_efficientnet_lite2", "--epochs", "15", "--patience", "4"],
     "default": [],
     "layer-decay 0.75": ["--layer-decay", "0.75", "--lr", "1e-3"],

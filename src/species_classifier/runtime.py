@@ -2,7 +2,7 @@
 
 On CPU, training is markedly faster with channels_last and with glibc's malloc set to
 keep freed memory for reuse instead of returning it to the kernel after every large
-activation tensor; `benchmarks/training/throughput.py` measures both. The allocator
+activation tensor. `benchmarks/training/throughput.py` measures both. The allocator
 reads its settings only at process start, so the CLI re-executes itself once with them
 set (see `reexec_with_tuned_allocator`).
 """

@@ -25,7 +25,7 @@ _PIL_RESAMPLE = {
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How pixels are prepared for a model, in timm's pretrained-config terms.
+    """Pixel preparation for a model, in timm's pretrained-config terms.
 
     `input_size` is the square side fed to the network, in pixels. Evaluation resizes
     the shorter image side to `input_size / crop_pct` pixels, then center-crops.

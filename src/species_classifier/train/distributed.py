@@ -96,8 +96,8 @@ class EpochSampler(Sampler[int]):
 
     The order of epoch E is a permutation drawn from `seed + E`, so a restarted process
     reproduces it, and `start` skips the samples this rank already trained on. When
-    shuffling, the permutation is cut to a multiple of world_size so every rank gets the
-    same number of samples (the cut-off samples change every epoch); rank r takes
+    shuffling, the permutation is cut to a multiple of world_size, so every rank gets the
+    same number of samples. The cut-off samples change every epoch. Rank r takes
     positions r, r + world_size, ... Without shuffling nothing is cut, for validation.
     """
 
