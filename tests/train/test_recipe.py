@@ -20,7 +20,8 @@ from species_classifier.train.distributed import DistributedContext
 from species_classifier.train.interrupt import GracefulStop
 from species_classifier.train.loop import predict_logits
 from species_classifier.train.recipe import TrainConfig
-from species_classifier.train.runner import FoldRun, class_weights, label_photos
+from species_classifier.train.loss import class_weights
+from species_classifier.train.runner import FoldRun, label_photos
 from species_classifier.train.schedule import apply_learning_rates, learning_rate_factor, step_plateau
 from species_classifier.model.bundle import Bundle
 

@@ -62,7 +62,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--scheduler", choices=("plateau", "cosine"), default=defaults.scheduler, help="learning-rate schedule after warm-up: reduce on validation macro F1 plateau, or cosine decay to 1%% over --epochs")
     recipe.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs, help="epochs of linear learning-rate warm-up")
     recipe.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs, help="first epochs in which only the head trains (backbone learning rate 0)")
-    recipe.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="keep an exponential moving average of the weights with this decay per step (e.g. 0.998) and validate and save it; 0 = off")
+    recipe.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="keep an exponential moving average of the weights and validate and save it; the decay per step grows from 0 (timm warm-up) up to this cap (e.g. 0.998); 0 = off")
     recipe.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (not applied to biases and norm weights)")
     recipe.add_argument("--class-weights", choices=("balanced", "none"), default=defaults.class_weights, help="cross-entropy class weights: balanced = n / (classes * n_class)")
     recipe.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="cross-entropy label smoothing")

@@ -36,6 +36,7 @@ from species_classifier.train.distributed import (
 )
 from species_classifier.train.interrupt import GracefulStop, TrainingInterrupted
 from species_classifier.train.loop import EvaluationResult, predict_logits, train_one_epoch
+from species_classifier.train.loss import ClassWeightedCrossEntropy, class_weights
 from species_classifier.train.schedule import apply_learning_rates, step_plateau
 from species_classifier.train.recipe import TrainConfig
 
@@ -209,17 +210,6 @@ def drop_excluded(photos: pd.DataFrame, store: PhotoStore) -> tuple[pd.DataFrame
     return photos[~photos["path"].isin(reasons)].reset_index(drop=True), excluded
 
 
-def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
-    """Inverse-frequency weights n / (C * n_c) for `balanced`; None for `none`."""
-    if mode == "none":
-        return None
-    if mode != "balanced":
-        raise ValueError(f"--class-weights must be 'balanced' or 'none', got {mode!r}")
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 class FoldRun:
     """Training of one fold: model, loaders, optimizer, the epoch loop, checkpoints and saving."""
 
@@ -263,11 +253,14 @@ class FoldRun:
         # Optimizer (per-layer rates; the schedule is applied each epoch), EMA, loss.
         groups = build_param_groups(self.model, config.lr, config.lr_multipliers, config.weight_decay, config.layer_decay)
         self.optimizer = torch.optim.AdamW(groups)
-        self.ema = ModelEmaV3(self.model, decay=config.ema_decay) if config.ema_decay > 0 else None
+        # With warm-up the decay starts near 0 and grows with the step count (capped at
+        # --ema-decay), so a short fine-tune is not dominated by the pretrained start weights.
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
+        self.ema_step = 0
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         weights = class_weights(self.train_rows["label_index"].to_numpy(), len(bundle.classes), config.class_weights)
-        self.criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.device), label_smoothing=config.label_smoothing)
-        self.validation_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+        self.criterion = ClassWeightedCrossEntropy(weights, config.label_smoothing).to(self.device)
+        self.validation_criterion = ClassWeightedCrossEntropy(weights, config.label_smoothing)
 
         self.state, self.best_weights = FoldState(fold=fold), None
 
@@ -281,6 +274,7 @@ class FoldRun:
             log.info("%s: resuming after epoch %d, batch %d (best macro F1 %.4f at epoch %d)", self.name,
                      self.state.epochs_done, self.state.batches_done, self.state.best_macro_f1, self.state.best_epoch)
         log.info("%s: %d training photos, %d validation photos", self.name, len(self.train_rows), len(self.validation_rows))
+        self.ema_step = self.state.epochs_done * len(self.train_loader) + self.state.batches_done
 
         while not self.state.early_stopped and self.state.epochs_done < self.config.epochs:
             self.run_epoch(self.state.epochs_done + 1)
@@ -346,7 +340,8 @@ class FoldRun:
 
     def update_ema(self) -> None:
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema_step += 1
+            self.ema.update(self.model, step=self.ema_step)
 
     def validate(self, description: str = "validate") -> EvaluationResult:
         """Predict the validation photos on every process and gather them in table order.
