@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ COMMAND_MODULES = (
     "species_classifier.inat.cli",      # collect, download
     "species_classifier.train.cli",     # train
     "species_classifier.evaluate.cli",  # evaluate
+    "species_classifier.model.cli",     # average-folds
     "species_classifier.predict_cli",   # predict
     "species_classifier.serve.cli",     # serve, export, package
     "species_classifier.sagemaker.cli", # sagemaker train, deploy, invoke
@@ -73,8 +75,31 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+# Options whose value may start with a minus sign (a region whose first latitude is
+# south of the equator). argparse would read "-34.6,..." as an unknown option.
+NEGATIVE_VALUE_OPTIONS = ("--target-region", "--confuser-region", "--other-region")
+_STARTS_NEGATIVE = re.compile(r"^-\.?\d")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """Rewrite `--target-region -34.6,...` as `--target-region=-34.6,...` so argparse accepts it."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token in NEGATIVE_VALUE_OPTIONS and index + 1 < len(argv) and _STARTS_NEGATIVE.match(argv[index + 1]):
+            joined.append(f"{token}={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(token)
+        index += 1
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    from_command_line = argv is None
+    argv = join_negative_values(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -84,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "config", None) and not getattr(args, "reads_config_itself", False):
             apply_config_defaults(parser.subcommands[args.command], args.config, args.command)
             args = parser.parse_args(argv)
-        if argv is None and getattr(args, "tune_allocator", False):
+        if from_command_line and getattr(args, "tune_allocator", False):
             reexec_with_tuned_allocator()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -194,3 +194,15 @@ def test_inflate_writes_line_aligned_blocks(
     blocks = [(folder / name).read_bytes() for name in names]
     assert all(block.endswith(b"\n") for block in blocks)
     assert b"".join(blocks).decode().splitlines() == lines
+
+
+def test_negative_region_value_is_read_as_a_value() -> None:
+    from species_classifier.cli import build_parser, join_negative_values
+
+    argv = join_negative_values(["collect", "--targets", "Acer rubrum", "--target-region", "-34,150,-33,151",
+                                 "--other-region", "-.5,1,2,3", "--out", "m.csv"])
+    args = build_parser().parse_args(argv)
+    assert args.target_region == "-34,150,-33,151"
+    assert args.other_region == "-.5,1,2,3"
+    # A following option is left alone.
+    assert join_negative_values(["--target-region", "--out"]) == ["--target-region", "--out"]

@@ -20,6 +20,7 @@ from species_classifier.train.distributed import DistributedContext
 from species_classifier.train.interrupt import GracefulStop
 from species_classifier.train.loop import predict_logits
 from species_classifier.train.recipe import TrainConfig
+from species_classifier.train.head_init import pooled_features, probe_head_weights
 from species_classifier.train.loss import class_weights
 from species_classifier.train.runner import FoldRun, label_photos
 from species_classifier.train.schedule import apply_learning_rates, learning_rate_factor, step_plateau
@@ -129,3 +130,24 @@ def test_ema_weights_are_validated_and_kept(small_dataset: Path, tmp_path: Path)
     ema_stem = run.ema.module.conv_stem.weight
     assert not torch.equal(ema_stem, run.model.conv_stem.weight)
     assert torch.equal(run.best_weights["conv_stem.weight"], ema_stem)
+
+
+def test_probe_head_init_fits_the_training_photos(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, head_init="probe", ema_decay=0.9)
+    head_before = run.model.classifier.weight.detach().clone()
+    run.init_head()
+    assert not torch.equal(run.model.classifier.weight, head_before)
+    # The probe separates its own training photos, and the EMA copy starts from the new head.
+    loader = torch.utils.data.DataLoader(run.probe_set, batch_size=8)
+    features, labels = pooled_features(run.model, loader, torch.device("cpu"), channels_last=True, show_progress=False)
+    logits = features @ run.model.classifier.weight.detach().numpy().T + run.model.classifier.bias.detach().numpy()
+    assert (logits.argmax(1) == labels).mean() >= 0.9
+    assert torch.equal(run.ema.module.classifier.weight, run.model.classifier.weight)
+
+
+def test_probe_head_handles_two_and_missing_classes():
+    features = np.array([[0.0, 1.0], [0.1, 0.9], [1.0, 0.0], [0.9, 0.1]])
+    weight, bias = probe_head_weights(features, np.array([0, 0, 2, 2]), num_classes=3, balanced=True)
+    assert weight.shape == (3, 2)
+    assert ((features @ weight.T + bias).argmax(1) == [0, 0, 2, 2]).all()
+    assert not weight[1].any() and bias[1] < bias[[0, 2]].min()

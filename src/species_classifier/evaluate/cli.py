@@ -19,6 +19,7 @@ from species_classifier.evaluate.report import (
     write_report,
 )
 from species_classifier.evaluate.score import dataset_name, score_dataset
+from species_classifier.model.averaging import FOLD_ENSEMBLE_DIR
 from species_classifier.model.bundle import EXCLUDED_CSV, OOF_CSV, atomic_write_text
 from species_classifier.predict import Predictor
 
@@ -129,8 +130,14 @@ def _evaluate_dataset(args: argparse.Namespace) -> int:
 
 
 def _warn_training_overlap(run_dir: Path, dataset: pd.DataFrame) -> None:
-    """Warn when DATASET contains photos the run trained on, which inflates its scores."""
+    """Warn when DATASET contains photos the run trained on, which inflates its scores.
+
+    An averaged run (`average-folds`) keeps its source run's out-of-fold predictions,
+    whose paths are the training photos, in `fold_ensemble/`.
+    """
     oof = run_dir / OOF_CSV
+    if not oof.is_file():
+        oof = run_dir / FOLD_ENSEMBLE_DIR / OOF_CSV
     if not oof.is_file():
         return
     trained = {str(Path(p).resolve()) for p in pd.read_csv(oof, usecols=["path"])["path"].astype(str)}

@@ -35,6 +35,7 @@ from species_classifier.evaluate.metrics import (
 )
 from species_classifier.evaluate.score import fold_prediction_column
 from species_classifier.evaluate.sections import DEFAULT_MISTAKES, ReportData, render_report
+from species_classifier.model.averaging import is_averaged
 from species_classifier.model.bundle import (
     EXCLUDED_CSV,
     METRICS_CSV,
@@ -63,6 +64,12 @@ __all__ = [
 
 def read_oof(run_dir: Path) -> pd.DataFrame:
     path = run_dir / OOF_CSV
+    if not path.is_file() and is_averaged(read_bundle(run_dir)):
+        raise EvaluationError(
+            f"{run_dir} is an averaged model (`average-folds`) that every training photo helped train, so it has "
+            f"no out-of-fold predictions; evaluate it on held-out photos with "
+            f"`species-classifier evaluate {run_dir} DATASET`"
+        )
     if not path.is_file():
         raise EvaluationError(
             f"{run_dir}: {OOF_CSV} not found; the run has no out-of-fold predictions (did training finish?)"
@@ -194,11 +201,11 @@ def write_dataset_report(
         metrics.lookalikes = lookalike_confusion(predictions, accepted_as_target(predictions, calibration))
 
     fold_model_f1 = {}
-    for position, fold in enumerate(bundle.folds):
-        column = fold_prediction_column(int(fold.get("fold", position)))
+    for fold in bundle.fold_ids:
+        column = fold_prediction_column(fold)
         if column in scored.columns:
             indices = np.array([bundle.classes.index(name) for name in scored[column]])
-            fold_model_f1[int(fold.get("fold", position))] = macro_f1(predictions.labels, indices, len(bundle.classes))
+            fold_model_f1[fold] = macro_f1(predictions.labels, indices, len(bundle.classes))
 
     data = ReportData(
         run_dir=run_dir,

@@ -29,7 +29,7 @@ def map_labels(species_names: Sequence[str], classes: Sequence[str]) -> list[str
     return [targets.get(normalize_species_name(name), other) for name in species_names]
 
 
-def fold_prediction_column(fold: int) -> str:
+def fold_prediction_column(fold: int | str) -> str:
     """Name of the column with the class predicted by fold `fold`'s model alone."""
     return f"fold_{fold}_predicted"
 
@@ -101,8 +101,8 @@ def score_dataset(
     scored[probability_columns(classes)] = probability_array
     scored[logit_columns(classes)] = np.concatenate(logits)
     per_fold = np.concatenate(fold_predictions)
-    for position, fold in enumerate(predictor.bundle.folds):
-        scored[fold_prediction_column(int(fold.get("fold", position)))] = [classes[i] for i in per_fold[:, position]]
+    for position, fold in enumerate(predictor.bundle.fold_ids):
+        scored[fold_prediction_column(fold)] = [classes[i] for i in per_fold[:, position]]
     return scored, excluded_table
 
 

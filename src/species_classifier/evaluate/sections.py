@@ -24,6 +24,7 @@ from species_classifier.evaluate.html_page import (
     thumbnail_data_uri,
 )
 from species_classifier.evaluate.metrics import ClassificationMetrics, Predictions
+from species_classifier.model.averaging import is_averaged
 from species_classifier.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class ReportData:
     dataset: str = ""
     training_metrics: pd.DataFrame | None = None
     best_epochs: dict[int, int] = field(default_factory=dict)
-    fold_model_f1: dict[int, float] = field(default_factory=dict)
+    fold_model_f1: dict[int | str, float] = field(default_factory=dict)
     max_mistakes: int = DEFAULT_MISTAKES
 
     @property
@@ -96,8 +97,12 @@ def _header_section(data: ReportData) -> str:
             headline = card(f"{metrics.macro_f1_pooled:.3f}", "macro F1 on the validation split", headline=True)
     else:
         title = f"Evaluation of {escape(data.run_dir.name)} on {escape(data.dataset)}"
+        if is_averaged(data.bundle):
+            scorer = "one model whose weights are the mean of the source run's fold models' weights (average-folds)"
+        else:
+            scorer = f"the mean of the run's {data.fold_count} fold model(s)"
         subtitle = (
-            f"A separate labelled dataset, scored by the mean of the run's {data.fold_count} fold model(s) "
+            f"A separate labelled dataset, scored by {scorer} "
             f"({escape(data.bundle.model_name)}). Species that are not targets count as "
             f"<code>{escape(data.bundle.classes[-1])}</code>."
         )

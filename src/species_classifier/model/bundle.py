@@ -13,6 +13,9 @@ Layout of a run folder (`--out`):
 - `report.html`, `summary.json`, `calibration.json`: the evaluation report, its numbers,
   and the temperature and per-species thresholds that `serve` applies.
 - `evaluations/NAME/`: scores on separate labelled datasets (`evaluate RUN DATASET`).
+
+A run written by `average-folds` (see `model/averaging.py`) lists one `folds` entry,
+`averaged.safetensors`, and keeps the fold ensemble's records under `fold_ensemble/`.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ class Bundle:
     def targets(self) -> list[str]:
         return self.classes[:-1]
 
+    @property
+    def fold_ids(self) -> list[int | str]:
+        """The id of every `folds` entry, in order; see `fold_id`."""
+        return [fold_id(entry, position) for position, entry in enumerate(self.folds)]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -95,6 +103,17 @@ class Bundle:
             versions=dict(values.get("versions", {})),
             created=values.get("created", ""),
         )
+
+
+def fold_id(entry: dict[str, Any], position: int) -> int | str:
+    """Return the id of a `folds` entry: the fold number from `train`, or a name such as "averaged".
+
+    An entry without a `fold` key gets its position in the list.
+    """
+    value = entry.get("fold", position)
+    if isinstance(value, str) and not value.isdigit():
+        return value
+    return int(value)
 
 
 def library_versions() -> dict[str, str]:

@@ -44,7 +44,7 @@ def resolve_species(name: str, targets: Sequence[str]) -> str:
 
 
 def prediction_result(
-    output: EnsembleOutput, index: int, classes: Sequence[str], fold_ids: Sequence[int]
+    output: EnsembleOutput, index: int, classes: Sequence[str], fold_ids: Sequence[int | str]
 ) -> dict[str, Any]:
     """Top species, ensemble and calibrated probabilities, and each fold's vote for image `index`."""
     probabilities = output.probabilities[index]
@@ -55,7 +55,7 @@ def prediction_result(
         fold_best = int(np.argmax(fold_probabilities))
         folds.append(
             {
-                "fold": int(fold_id),
+                "fold": fold_id,
                 "species": classes[fold_best],
                 "confidence": float(fold_probabilities[fold_best]),
                 "probabilities": _class_probabilities(classes, fold_probabilities),

@@ -133,8 +133,7 @@ def predict_fn(payload: ImagePayload, model: LoadedModel) -> dict[str, Any]:
     output = combine_fold_logits(fold_logits, model.calibration.temperature)
     if species is not None:
         return verification_result(output, 0, bundle.classes, species, model.calibration)
-    fold_ids = [int(fold["fold"]) for fold in bundle.folds]
-    return prediction_result(output, 0, bundle.classes, fold_ids)
+    return prediction_result(output, 0, bundle.classes, bundle.fold_ids)
 
 
 def output_fn(prediction: dict[str, Any], accept: str) -> tuple[str, str]:

@@ -42,7 +42,9 @@ class PingResponse(BaseModel):
 class FoldVote(BaseModel):
     """One fold model's prediction."""
 
-    fold: int
+    fold: int | str = Field(
+        description="The fold number, or \"averaged\" for a model written by `average-folds`."
+    )
     species: str = Field(description="The fold's most probable class.")
     confidence: float = Field(description="The fold's probability of `species`.")
     probabilities: dict[str, float] = Field(description="The fold's softmax probability of every class.")
@@ -89,7 +91,9 @@ class ModelInfoResponse(BaseModel):
     model_name: str
     classes: list[str] = Field(description="Every class, targets first, then 'other'.")
     targets: list[str] = Field(description="The species /v1/verify accepts.")
-    folds: list[int]
+    folds: list[int | str] = Field(
+        description="Fold numbers of the ensemble, or [\"averaged\"] for a model written by `average-folds`."
+    )
     input_size: int = Field(description="Side of the square network input, in pixels.")
     backend: str = Field(description="Inference runtime: openvino, onnxruntime or pytorch.")
     precision: str = Field(description="Inference precision, e.g. fp32 or bf16.")

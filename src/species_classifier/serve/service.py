@@ -186,8 +186,7 @@ class ClassifierService:
 
     def prediction(self, output: EnsembleOutput) -> dict[str, Any]:
         assert self.bundle is not None
-        fold_ids = [int(fold["fold"]) for fold in self.bundle.folds]
-        return prediction_result(output, 0, self.bundle.classes, fold_ids)
+        return prediction_result(output, 0, self.bundle.classes, self.bundle.fold_ids)
 
     def verification(self, output: EnsembleOutput, species: str) -> dict[str, Any]:
         assert self.bundle is not None and self.calibration is not None
@@ -201,7 +200,7 @@ class ClassifierService:
             "model_name": self.bundle.model_name,
             "classes": self.bundle.classes,
             "targets": self.bundle.targets,
-            "folds": [int(fold["fold"]) for fold in self.bundle.folds],
+            "folds": self.bundle.fold_ids,
             "input_size": self.bundle.preprocess.input_size,
             "backend": self.backend.name,
             "precision": self.backend.precision,

@@ -27,6 +27,7 @@ class TrainConfig:
     pretrained: str = "auto"
     img_size: int | None = None
     drop_rate: float = 0.5
+    head_init: str = "random"
 
     epochs: int = 15
     batch_size: int = 32

@@ -34,6 +34,7 @@ from species_classifier.train.checkpoint import FoldState, load_checkpoint, read
 from species_classifier.train.distributed import (
     DistributedContext, EpochSampler, barrier, gather_arrays, init_distributed, shutdown_distributed, sum_across_ranks,
 )
+from species_classifier.train.head_init import init_head_from_probe
 from species_classifier.train.interrupt import GracefulStop, TrainingInterrupted
 from species_classifier.train.loop import EvaluationResult, predict_logits, train_one_epoch
 from species_classifier.train.loss import ClassWeightedCrossEntropy, class_weights
@@ -243,6 +244,8 @@ class FoldRun:
         )
         train_set = PhotoDataset(store, self.train_rows["store_index"], self.train_rows["label_index"], build_train_transform(preprocess, augment))
         validation_set = PhotoDataset(store, self.validation_rows["store_index"], self.validation_rows["label_index"], build_eval_transform(preprocess))
+        # The linear probe sees the training photos as validation does: no augmentation.
+        self.probe_set = PhotoDataset(store, self.train_rows["store_index"], self.train_rows["label_index"], build_eval_transform(preprocess))
         self.train_sampler = EpochSampler(len(train_set), context, shuffle=True, seed=config.seed * 1000 + fold)
         self.validation_sampler = EpochSampler(len(validation_set), context, shuffle=False)
         workers = default_workers() if config.workers < 0 else config.workers
@@ -274,6 +277,8 @@ class FoldRun:
             log.info("%s: resuming after epoch %d, batch %d (best macro F1 %.4f at epoch %d)", self.name,
                      self.state.epochs_done, self.state.batches_done, self.state.best_macro_f1, self.state.best_epoch)
         log.info("%s: %d training photos, %d validation photos", self.name, len(self.train_rows), len(self.validation_rows))
+        if self.state.epochs_done == 0 and self.state.batches_done == 0 and self.config.head_init == "probe":
+            self.init_head()
         self.ema_step = self.state.epochs_done * len(self.train_loader) + self.state.batches_done
 
         while not self.state.early_stopped and self.state.epochs_done < self.config.epochs:
@@ -337,6 +342,18 @@ class FoldRun:
             log.info("%s: early stop, no macro F1 gain for %d epochs", self.name, config.patience)
             state.early_stopped = True
         self.save_checkpoint()
+
+    def init_head(self) -> None:
+        """Replace the random head with a linear probe fitted on this fold's training photos."""
+        workers = default_workers() if self.config.workers < 0 else self.config.workers
+        loader = DataLoader(self.probe_set, batch_size=self.config.batch_size, num_workers=workers)
+        init_head_from_probe(self.model, loader, len(self.bundle.classes), self.device, self.config.channels_last,
+                             self.config.class_weights == "balanced", show_progress=self.context.is_main)
+        if self.context.enabled:
+            for parameter in self.model.get_classifier().parameters():
+                torch.distributed.broadcast(parameter.data, src=0)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
 
     def update_ema(self) -> None:
         if self.ema is not None:
