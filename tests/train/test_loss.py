@@ -1,4 +1,4 @@
-"""The training loss: class weights and label smoothing each do what they say, together too."""
+"""The training loss: class weights and label smoothing work alone and together."""
 
 import pytest
 import torch
@@ -34,8 +34,8 @@ def test_smoothing_term_is_not_class_weighted():
 
 
 def test_confident_correct_prediction_reaches_the_smoothing_floor():
-    # With smoothing, a one-hot-like prediction of the right class is near the lowest loss
-    # for every class weight; torch's weighted smoothing would favour the heavy classes.
+    # With smoothing, a confident right prediction has the lowest loss whatever the class weights.
+    # Torch's weighted smoothing would instead favour the heavily weighted classes.
     labels = torch.tensor([3, 3])
     weight = torch.tensor([5.0, 5.0, 5.0, 0.2])
     loss = ClassWeightedCrossEntropy(weight, 0.1)

@@ -76,7 +76,7 @@ def test_cosine_warmup_then_decay():
 
 
 def test_plateau_lowers_rate_after_patience():
-    config = TrainConfig(scheduler_patience=1, scheduler_factor=0.5)
+    config = TrainConfig(scheduler="plateau", warmup_epochs=0, scheduler_patience=1, scheduler_factor=0.5)
     state = FoldState(fold=0)
     for epoch, macro_f1 in enumerate([0.5, 0.6, 0.6, 0.6], start=1):
         step_plateau(state, macro_f1, config, epoch)
@@ -151,3 +151,12 @@ def test_probe_head_handles_two_and_missing_classes():
     assert weight.shape == (3, 2)
     assert ((features @ weight.T + bias).argmax(1) == [0, 0, 2, 2]).all()
     assert not weight[1].any() and bias[1] < bias[[0, 2]].min()
+
+
+def test_frozen_bn_stats_keep_running_statistics(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, freeze_bn_stats=True, epochs=1)
+    mean_before = run.model.bn1.running_mean.clone()
+    scale_before = run.model.bn1.weight.detach().clone()
+    run.run_epoch(1)
+    assert torch.equal(run.model.bn1.running_mean, mean_before)
+    assert not torch.equal(run.model.bn1.weight, scale_before)

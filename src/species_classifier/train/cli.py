@@ -62,6 +62,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--scheduler", choices=("plateau", "cosine"), default=defaults.scheduler, help="learning-rate schedule after warm-up: reduce on validation macro F1 plateau, or cosine decay to 1%% over --epochs")
     recipe.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs, help="epochs of linear learning-rate warm-up")
     recipe.add_argument("--head-init", choices=("random", "probe"), default=defaults.head_init, help="start the head random, or from a logistic regression fitted on the frozen backbone's features of the training photos (linear probe, then fine-tune)")
+    recipe.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=defaults.freeze_bn_stats, help="keep batch-norm layers on their pretrained running statistics while training (small batches give noisy batch statistics)")
     recipe.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs, help="first epochs in which only the head trains (backbone learning rate 0)")
     recipe.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="keep an exponential moving average of the weights and validate and save it; the decay per step grows from 0 (timm warm-up) up to this cap (e.g. 0.998); 0 = off")
     recipe.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (not applied to biases and norm weights)")
@@ -116,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         targets=parse_targets(args.targets),
         out=str(Path(args.out).expanduser().resolve()),
         folds=args.folds, group_by=args.group_by, seed=args.seed, other_fraction=args.other_fraction,
-        model=args.model, pretrained=args.pretrained, img_size=args.img_size, drop_rate=args.drop_rate, head_init=args.head_init,
+        model=args.model, pretrained=args.pretrained, img_size=args.img_size, drop_rate=args.drop_rate, head_init=args.head_init, freeze_bn_stats=args.freeze_bn_stats,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_multipliers=list(args.lr_multipliers),
         weight_decay=args.weight_decay, layer_decay=args.layer_decay, scheduler=args.scheduler,
         warmup_epochs=args.warmup_epochs, freeze_epochs=args.freeze_epochs, ema_decay=args.ema_decay,

@@ -71,9 +71,18 @@ def train_one_epoch(
     context: DistributedContext | None = None,
     description: str = "train",
     on_step: Callable[[], None] | None = None,
+    freeze_bn_stats: bool = False,
 ) -> EpochResult:
-    """Train over `loader`; stops early, with `interrupted` set, when `stop` is requested on any rank."""
+    """Train over `loader`; stops early, with `interrupted` set, when `stop` is requested on any rank.
+
+    With `freeze_bn_stats`, batch-norm layers normalise with their pretrained running statistics
+    and do not update them (their scale and shift still train).
+    """
     model.train()
+    if freeze_bn_stats:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     context = context or DistributedContext(device=device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     loss_sum, images_seen, batches = 0.0, 0, 0

@@ -301,6 +301,7 @@ class FoldRun:
         trained = train_one_epoch(
             self.forward_model, self.train_loader, self.criterion, self.optimizer, self.device, config.channels_last,
             config.precision, self.scaler, self.stop, self.context, f"{self.name} epoch {epoch}", self.update_ema,
+            freeze_bn_stats=config.freeze_bn_stats,
         )
         loss_sum, images = sum_across_ranks([trained.loss_sum, float(trained.images)], self.context)
         state.partial_loss_sum += loss_sum
