@@ -14,6 +14,7 @@ from botocore.stub import Stubber
 import species_classifier.cli as main_cli
 from species_classifier.config import ConfigError
 from species_classifier.sagemaker import cli, session as session_module
+from species_classifier.train.recipe import TrainConfig
 from tests.sagemaker.conftest import (
     BUCKET,
     PREDICTION,
@@ -85,7 +86,7 @@ def test_train_help_offers_train_flags(capsys: pytest.CaptureFixture[str]) -> No
         assert flag in text
     for flag in ("--role", "--spot", "--max-wait SECONDS", "--checkpoint-uri", "--dry-run", "--volume-size GB"):
         assert flag in text
-    assert "(default: 15)" in text  # --epochs, from `train`'s defaults
+    assert f"(default: {TrainConfig().epochs})" in text  # --epochs, from `train`'s defaults
     assert "(default: 86400)" in text  # --max-run
     # Options that SageMaker decides are not offered.
     for flag in ("--out ", "--overwrite", "--checkpoint-dir"):
@@ -106,9 +107,12 @@ def test_deploy_and_invoke_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_hyperparameters_hold_changed_values_only() -> None:
-    values, hyperparameters = cli.resolve_training_values(parse(DATASET, "--targets", TARGETS, "--epochs", "15", "--folds", "5", "--compile", "--no-channels-last"))
+    default_epochs = TrainConfig().epochs
+    values, hyperparameters = cli.resolve_training_values(
+        parse(DATASET, "--targets", TARGETS, "--epochs", str(default_epochs), "--folds", "5", "--compile", "--no-channels-last")
+    )
     assert hyperparameters == {"targets": TARGETS, "folds": 5, "compile": True, "no-channels-last": True}
-    assert values["epochs"] == 15
+    assert values["epochs"] == default_epochs
     assert values["channels_last"] is False
 
 

@@ -57,7 +57,7 @@ def test_layer_decay_is_geometric():
 def test_freeze_epochs_zero_backbone_rate():
     model, _ = create_classifier("tf_efficientnet_lite0", num_classes=3, pretrained="none")
     optimizer = torch.optim.AdamW(build_param_groups(model, base_lr=1e-3))
-    config = TrainConfig(freeze_epochs=1)
+    config = TrainConfig(freeze_epochs=1, warmup_epochs=0)
     apply_learning_rates(optimizer, 1, config, FoldState(fold=0))
     frozen = {group["name"]: group["lr"] for group in optimizer.param_groups}
     assert frozen["head"] == pytest.approx(1e-2)
@@ -160,3 +160,14 @@ def test_frozen_bn_stats_keep_running_statistics(small_dataset: Path, tmp_path: 
     run.run_epoch(1)
     assert torch.equal(run.model.bn1.running_mean, mean_before)
     assert not torch.equal(run.model.bn1.weight, scale_before)
+
+
+def test_zero_multiplier_freezes_first_chunk(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.0, 1.0, 1.0, 1.0], epochs=1)
+    stem_before = run.model.conv_stem.weight.detach().clone()
+    optimized = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    assert not run.model.conv_stem.weight.requires_grad
+    assert id(run.model.conv_stem.weight) not in optimized
+    run.run_epoch(1)
+    assert torch.equal(run.model.conv_stem.weight, stem_before)
+    assert run.model.classifier.weight.requires_grad

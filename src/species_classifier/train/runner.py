@@ -231,6 +231,14 @@ class FoldRun:
         self.model, preprocess = create_classifier(config.model, len(bundle.classes), config.pretrained, config.drop_rate, config.img_size)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = self.model.to(self.device, memory_format=memory_format)
+        # Per-layer learning rates. A multiplier of 0 freezes those layers before DDP wraps the
+        # model: they get no gradients, and the backward pass stops below the lowest trained layer.
+        groups = build_param_groups(self.model, config.lr, config.lr_multipliers, config.weight_decay, config.layer_decay)
+        for group in groups:
+            if group["initial_lr"] == 0:
+                for parameter in group["params"]:
+                    parameter.requires_grad_(False)
+        groups = [group for group in groups if group["initial_lr"] > 0]
         self.forward_model: nn.Module = torch.compile(self.model) if config.compile else self.model
         if context.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -253,8 +261,7 @@ class FoldRun:
         self.train_loader = DataLoader(train_set, sampler=self.train_sampler, generator=self.generator, drop_last=len(train_set) > config.batch_size * context.world_size, **common)
         self.validation_loader = DataLoader(validation_set, sampler=self.validation_sampler, **common)
 
-        # Optimizer (per-layer rates; the schedule is applied each epoch), EMA, loss.
-        groups = build_param_groups(self.model, config.lr, config.lr_multipliers, config.weight_decay, config.layer_decay)
+        # Optimizer (the schedule sets each group's rate every epoch), EMA, loss.
         self.optimizer = torch.optim.AdamW(groups)
         # With warm-up the decay starts near 0 and grows with the step count (capped at
         # --ema-decay), so a short fine-tune is not dominated by the pretrained start weights.
