@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -31,12 +32,15 @@ RESULTS_MD = HERE / "RESULTS.md"
 MAX_FALSE_ACCEPT = 0.02
 
 # The reference recipe's settings, pinned so that the rows below stay reproducible when the
-# `train` defaults change: per-stage rates (4 chunks, head at 10x), plateau schedule on
-# macro F1, class-weighted loss, dropout 0.5 head, early stopping after 4 epochs without gain.
-REFERENCE = ["--lr", "1e-3", "--lr-multipliers", "0.1,0.5,1,10", "--layer-decay", "0", "--scheduler", "plateau",
+# `train` defaults change. They are per-stage rates (4 chunks, head at 10x), a plateau schedule
+# on macro F1, class-weighted loss, a dropout 0.5 head and early stopping after 4 epochs.
+REFERENCE = ["--head-init", "random", "--no-freeze-bn-stats", "--lr", "1e-3", "--lr-multipliers", "0.1,0.5,1,10", "--layer-decay", "0", "--scheduler", "plateau",
              "--warmup-epochs", "0", "--freeze-epochs", "0", "--ema-decay", "0", "--label-smoothing", "0",
              "--augment", "none", "--tta", "none", "--drop-rate", "0.5", "--class-weights", "balanced", "--patience", "4"]
 LITE0 = ["--model", "tf_efficientnet_lite0", "--img-size", "224"]
+
+COMBINATION_C = [*REFERENCE, *LITE0, "--head-init", "probe", "--freeze-bn-stats", "--lr", "2e-4",
+                 "--lr-multipliers", "0.1,0.5,1,1", "--scheduler", "cosine", "--warmup-epochs", "1"]
 
 # Each configuration is a list of `train` flags. "lite0, reference settings" was the
 # `train` default before this study; the single changes are measured against it.
@@ -57,10 +61,25 @@ CONFIGS: dict[str, list[str]] = {
     # Combinations.
     "combination A": [*REFERENCE, *LITE0, "--lr", "3e-4", "--freeze-epochs", "1", "--scheduler", "cosine",
                       "--warmup-epochs", "2", "--label-smoothing", "0.1", "--ema-decay", "0.998", "--tta", "flip"],
+    # Linear probe, then fine-tune: the head starts from a logistic regression on frozen
+    # features, and the whole network then trains at a low rate (head included).
+    "combination B (LP-FT)": [*REFERENCE, *LITE0, "--head-init", "probe", "--lr", "2e-4", "--lr-multipliers", "0.1,0.5,1,1",
+                              "--scheduler", "cosine", "--warmup-epochs", "1"],
+    # LP-FT with batch-norm layers kept on their pretrained statistics: the `train` default since 2026-12-05.
+    "combination C (LP-FT + frozen BN stats)": COMBINATION_C,
+    # Combination C in about half the reference stand-in's training time.
+    "combination C 6 epochs": [*COMBINATION_C, "--epochs", "6"],
+    "combination D (C + first third frozen + 8 epochs)": [*COMBINATION_C, "--lr-multipliers", "0,0.5,1,1", "--epochs", "8"],
+    # Single additions to combination C.
+    "C + label smoothing 0.1": [*COMBINATION_C, "--label-smoothing", "0.1"],
+    "C + ema 0.998": [*COMBINATION_C, "--ema-decay", "0.998"],
+    "C + trivialaugment": [*COMBINATION_C, "--augment", "trivial"],
     # The `train` defaults as they are now, no flags.
     "default": [],
 }
-SPECIAL = {"linear-probe"}
+# Configurations that are not one `train` run on all photos.
+FLIP_RESCORED = "flip tta (re-scored)"
+FOLD_AVERAGING = "fold averaging"
 
 
 def read_roles(dataset: Path) -> tuple[list[str], dict[str, str]]:
@@ -74,6 +93,8 @@ def read_roles(dataset: Path) -> tuple[list[str], dict[str, str]]:
 
 def train_config(name: str, flags: list[str], dataset: Path, targets: list[str], out: Path, common: list[str]) -> tuple[Path, float]:
     run = out / name.replace(" ", "_").replace("(", "").replace(")", "")
+    # Start from scratch: `train` would resume (or reuse) a run whose identity settings match.
+    shutil.rmtree(run, ignore_errors=True)
     command = [sys.executable, "-m", "species_classifier", "-q", "train", str(dataset), "--targets", ",".join(targets),
                "--out", str(run), *common, *flags]
     start = time.perf_counter()
@@ -124,7 +145,26 @@ def linear_probe(dataset: Path, targets: list[str], out: Path, seed: int, folds:
         logits[validation] = probe.decision_function(features[validation])
     run = out / "linear-probe"
     run.mkdir(parents=True, exist_ok=True)
-    table = photos[["path", "species_name", "label", "label_index", "fold", "observation_id", "role"]].copy()
+    rows = photos[["path", "species_name", "label", "label_index", "fold", "observation_id", "role"]]
+    _oof_table(rows, logits, classes).to_csv(run / "oof_predictions.csv", index=False)
+    (run / "classes.json").write_text(json.dumps(classes))
+    return run, time.perf_counter() - start
+
+
+def _predict_paths(predictor, paths: list[str]) -> np.ndarray:
+    """Mean logits of the predictor's models for each image path (its bundle's TTA applied)."""
+    from species_classifier.data.images import load_image
+
+    logits = []
+    for begin in range(0, len(paths), 32):
+        images = [load_image(path) for path in paths[begin : begin + 32]]
+        logits.append(predictor.predict_images(images).logits)
+    return np.concatenate(logits)
+
+
+def _oof_table(rows: pd.DataFrame, logits: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Return `rows` with the prediction columns of oof_predictions.csv computed from `logits` (replacing any already there)."""
+    table = rows.drop(columns=[c for c in rows.columns if c.startswith(("prob_", "logit_")) or c in ("predicted", "confidence")])
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     table["predicted"] = [classes[i] for i in probabilities.argmax(axis=1)]
@@ -133,9 +173,73 @@ def linear_probe(dataset: Path, targets: list[str], out: Path, seed: int, folds:
         table[f"prob_{name}"] = probabilities[:, index]
     for index, name in enumerate(classes):
         table[f"logit_{name}"] = logits[:, index]
-    table.to_csv(run / "oof_predictions.csv", index=False)
-    (run / "classes.json").write_text(json.dumps(classes))
-    return run, time.perf_counter() - start
+    return table
+
+
+def rescore_with_flip(source: Path, out: Path) -> tuple[Path, float]:
+    """Predict every out-of-fold photo of a finished run again, averaging each photo and its mirror.
+
+    The fold models and their best epochs are the source run's (chosen without TTA), so this
+    measures flip TTA at inference only, without retraining.
+    """
+    from species_classifier.predict import Predictor
+
+    start = time.perf_counter()
+    oof = pd.read_csv(source / "oof_predictions.csv", keep_default_na=False)
+    predictor = Predictor(source)
+    predictor.bundle.tta = "flip"
+    models = predictor.models
+    parts = []
+    for fold, model in zip([f["fold"] for f in predictor.bundle.folds], models):
+        rows = oof[oof["fold"] == fold]
+        predictor.models = [model]
+        parts.append(_oof_table(rows, _predict_paths(predictor, rows["path"].tolist()), predictor.classes))
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(parts).to_csv(out / "oof_predictions.csv", index=False)
+    return out, time.perf_counter() - start
+
+
+def fold_average_holdout(dataset: Path, targets: list[str], flags: list[str], out: Path, seed: int, common: list[str]) -> dict:
+    """Hold out one third of the photos, train 3 folds on the rest, and score on the held-out third:
+    each fold model alone, the 3-model ensemble, and the fold models' weights averaged into one model.
+
+    Out-of-fold scores cannot judge the averaged model (every photo trained some of its folds),
+    hence the held-out third.
+    """
+    from sklearn.metrics import f1_score
+
+    from species_classifier.data.dataset import read_dataset
+    from species_classifier.data.labels import build_classes
+    from species_classifier.data.splits import assign_folds
+    from species_classifier.predict import Predictor
+    from species_classifier.train.runner import label_photos
+
+    classes = build_classes(targets)
+    photos = label_photos(read_dataset(dataset), classes)
+    photos["fold"] = assign_folds(photos["label_index"].to_numpy(), photos["observation_id"].to_numpy(), 3, seed, classes)
+    held_out, rest = photos[photos["fold"] == 0], photos[photos["fold"] != 0]
+    work = out / "fold-average-holdout"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    columns = [c for c in ("path", "species_name", "observation_id", "observer_id", "license", "attribution", "role") if c in rest]
+    rest[columns].to_csv(work / "train.csv", index=False)
+
+    run, seconds = train_config("ensemble", flags, work / "train.csv", targets, work, common)
+    averaged = work / "averaged"
+    subprocess.run([sys.executable, "-m", "species_classifier", "-q", "average-folds", str(run), "--out", str(averaged)], check=True)
+
+    truth = held_out["label_index"].to_numpy()
+    paths = held_out["path"].tolist()
+    scores: dict[str, float] = {}
+    ensemble = Predictor(run)
+    models = ensemble.models
+    for index, model in enumerate(models):
+        ensemble.models = [model]
+        scores[f"fold {index} alone"] = f1_score(truth, _predict_paths(ensemble, paths).argmax(1), average="macro")
+    ensemble.models = models
+    scores["3-fold ensemble"] = f1_score(truth, _predict_paths(ensemble, paths).argmax(1), average="macro")
+    scores["weights averaged"] = f1_score(truth, _predict_paths(Predictor(averaged), paths).argmax(1), average="macro")
+    return {"held_out_photos": len(held_out), "train_seconds": seconds, "macro_f1": scores}
 
 
 def score_run(run: Path, roles: dict[str, str], targets: list[str]) -> dict:
@@ -172,42 +276,76 @@ def score_run(run: Path, roles: dict[str, str], targets: list[str]) -> dict:
 
 
 def write_markdown(records: list[dict]) -> None:
+    """Rewrite RESULTS.md: the measured tables from `records`, then the hand-written FINDINGS.md."""
     lines = [
         "# Accuracy study",
         "",
-        "Written by `benchmarks/accuracy/study.py` from `results.json`. Every configuration uses the same",
-        "3 observation-grouped folds (seed 42); numbers are out-of-fold. TAR = true-accept rate of a target at a",
+        "Tables written by `benchmarks/accuracy/study.py` from `results.json`; the text after them is",
+        "`FINDINGS.md`. Every trained configuration uses the same 3 observation-grouped folds (seed 42)",
+        "and at most 12 epochs per fold unless its name says fewer; numbers are out-of-fold. TAR = true-accept rate of a target at a",
         "2% false-accept rate, thresholds chosen on the same out-of-fold predictions (in-sample).",
+        "CPU time is the training process's user + system time, less sensitive than wall time to other",
+        "jobs on this shared 2-core machine.",
         "",
-        "| dataset | configuration | macro F1 | min target TAR@2% | look-alike confusion | ECE before → after | train img/s | wall time | CPU time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | configuration | macro F1 | min target TAR@2% | look-alike confusion | ECE before → after | epochs (all folds) | train img/s | wall time | CPU time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for record in records:
+        if record.get("kind") == "holdout":
+            continue
         tar = record["true_accept_at_2pct"]
         minimum_tar = min(v for v in tar.values() if v is not None) if tar else float("nan")
         confusion = record.get("lookalike_confusion_rate")
         cpu = f"{record['cpu_seconds'] / 60:.1f} min" if "cpu_seconds" in record else "—"
+        speed = f"{record['train_images_per_s']:.1f}" if "train_images_per_s" in record else "—"
+        epochs = str(record["epochs_run"]) if "epochs_run" in record else "—"
         lines.append(
             f"| {record['dataset']} | {record['config']} | {record['macro_f1_mean']:.3f} ± {record['macro_f1_std']:.3f} "
             f"| {minimum_tar:.2f} | {'—' if confusion is None else f'{confusion:.2f}'} "
-            f"| {record['ece_before']:.3f} → {record['ece_after']:.3f} "
-            f"| {record.get('train_images_per_s', float('nan')):.1f} | {record['wall_seconds'] / 60:.1f} min | {cpu} |"
+            f"| {record['ece_before']:.3f} → {record['ece_after']:.3f} | {epochs} | {speed} "
+            f"| {record['wall_seconds'] / 60:.1f} min | {cpu} |"
         )
+    holdout = [record for record in records if record.get("kind") == "holdout"]
+    for record in holdout:
+        lines += [
+            "",
+            f"## Fold averaging on held-out photos ({record['dataset']}, settings of `{record['flags_from']}`)",
+            "",
+            f"One third of the photos ({record['held_out_photos']}) held out; 3 folds trained on the rest; macro F1 on the held-out photos:",
+            "",
+            "| model | macro F1 |",
+            "|---|---|",
+            *[f"| {name} | {value:.3f} |" for name, value in record["macro_f1"].items()],
+        ]
     notes = [f"- {record['config']}: {record['note']}" for record in records if record.get("note")]
     if notes:
         lines += ["", "Notes on individual runs:", *notes]
-    lines += ["", "Per-target F1 and true-accept rates are in `results.json`.", ""]
+    lines += ["", "Per-target F1, true-accept rates and each run's `train` flags are in `results.json`.", ""]
+    findings = HERE / "FINDINGS.md"
+    if findings.is_file():
+        lines += [findings.read_text()]
     RESULTS_MD.write_text("\n".join(lines))
+
+
+def save_record(record: dict) -> list[dict]:
+    """Replace the record of the same dataset and configuration in results.json (read afresh) and rewrite RESULTS.md."""
+    records = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else []
+    records = [r for r in records if (r["dataset"], r["config"]) != (record["dataset"], record["config"])] + [record]
+    RESULTS_JSON.write_text(json.dumps(records, indent=2) + "\n")
+    write_markdown(records)
+    return records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default=str(HERE.parents[1].parent / "shared/datasets/species-bench"))
     parser.add_argument("--targets", help="comma-separated targets (default: the manifest's role=target species)")
-    parser.add_argument("--configs", default=",".join(["linear-probe", *CONFIGS]), help="comma-separated configuration names")
+    parser.add_argument("--configs", default=",".join(["linear-probe", *CONFIGS, FLIP_RESCORED, FOLD_AVERAGING]), help="comma-separated configuration names")
     parser.add_argument("--out", default="benchmarks/out/accuracy", help="folder for the runs")
     parser.add_argument("--epochs", type=int, default=12, help="maximum epochs per fold for every trained configuration")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--base", default="default",
+                        help=f"configuration that '{FLIP_RESCORED}' re-scores and '{FOLD_AVERAGING}' trains with")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -218,28 +356,28 @@ def main() -> None:
     out = Path(args.out) / dataset.name
     common = ["--folds", "3", "--seed", str(args.seed), "--epochs", str(args.epochs)]
 
-    records = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else []
     for name in args.configs.split(","):
+        if name == FOLD_AVERAGING:
+            result = fold_average_holdout(dataset, targets, list(CONFIGS[args.base]), out, args.seed, common)
+            record = {"dataset": dataset.name, "config": name, "kind": "holdout", "flags_from": args.base, **result}
+            save_record(record)
+            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["macro_f1"].items()), flush=True)
+            continue
+        extra: dict = {}
         if name == "linear-probe":
             run, seconds = linear_probe(dataset, targets, out, args.seed, 3)
+        elif name == FLIP_RESCORED:
+            source = out / args.base.replace(" ", "_").replace("(", "").replace(")", "")
+            run, seconds = rescore_with_flip(source, out / "flip-tta-rescored")
+            name = f"{FLIP_RESCORED} of {args.base}"
         else:
             flags = list(CONFIGS[name])
-            if "--epochs" in flags:
-                common_flags = [f for i, f in enumerate(common) if f != "--epochs" and (i == 0 or common[i - 1] != "--epochs")]
-            else:
-                common_flags = common
             cpu_start = children_cpu_seconds()
-            run, seconds = train_config(name, flags, dataset, targets, out, common_flags)
-            cpu_seconds = children_cpu_seconds() - cpu_start
-        record = {"dataset": dataset.name, "config": name, "wall_seconds": seconds, **score_run(run, roles, targets)}
-        if name != "linear-probe":
-            record["cpu_seconds"] = cpu_seconds
-            record["flags"] = flags
-        records = [r for r in records if (r["dataset"], r["config"]) != (record["dataset"], name)] + [record]
-        RESULTS_JSON.write_text(json.dumps(records, indent=2) + "\n")
-        write_markdown(records)
+            run, seconds = train_config(name, flags, dataset, targets, out, common)
+            extra = {"cpu_seconds": children_cpu_seconds() - cpu_start, "flags": flags}
+        record = {"dataset": dataset.name, "config": name, "wall_seconds": seconds, **score_run(run, roles, targets), **extra}
+        save_record(record)
         print(f"{name:30s} macro F1 {record['macro_f1_mean']:.3f} ± {record['macro_f1_std']:.3f}  {seconds / 60:.1f} min", flush=True)
-
 
 if __name__ == "__main__":
     main()
