@@ -252,7 +252,7 @@ class FoldRun:
         )
         train_set = PhotoDataset(store, self.train_rows["store_index"], self.train_rows["label_index"], build_train_transform(preprocess, augment))
         validation_set = PhotoDataset(store, self.validation_rows["store_index"], self.validation_rows["label_index"], build_eval_transform(preprocess))
-        # The linear probe sees the training photos as validation does: no augmentation.
+        # The linear probe is fitted on the training photos without augmentation, as validation preprocesses them.
         self.probe_set = PhotoDataset(store, self.train_rows["store_index"], self.train_rows["label_index"], build_eval_transform(preprocess))
         self.train_sampler = EpochSampler(len(train_set), context, shuffle=True, seed=config.seed * 1000 + fold)
         self.validation_sampler = EpochSampler(len(validation_set), context, shuffle=False)
