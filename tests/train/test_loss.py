@@ -33,7 +33,7 @@ def test_smoothing_term_is_not_class_weighted():
     torch.testing.assert_close(ClassWeightedCrossEntropy(weight, 0.2)(logits, labels), expected)
 
 
-def test_confident_correct_prediction_reaches_the_smoothing_floor():
+def test_confident_right_prediction_lowest_loss():
     # With smoothing, a confident right prediction has the lowest loss whatever the class weights.
     # Torch's weighted smoothing would instead favour the heavily weighted classes.
     labels = torch.tensor([3, 3])

@@ -132,7 +132,7 @@ def test_ema_weights_are_validated_and_kept(small_dataset: Path, tmp_path: Path)
     assert torch.equal(run.best_weights["conv_stem.weight"], ema_stem)
 
 
-def test_probe_head_init_fits_the_training_photos(small_dataset: Path, tmp_path: Path):
+def test_probe_head_fits_training_photos(small_dataset: Path, tmp_path: Path):
     run = _fold_run(small_dataset, tmp_path, head_init="probe", ema_decay=0.9)
     head_before = run.model.classifier.weight.detach().clone()
     run.init_head()
@@ -154,7 +154,7 @@ def test_probe_head_handles_two_and_missing_classes():
     assert bias[1] < bias[[0, 2]].min()
 
 
-def test_frozen_bn_stats_keep_running_statistics(small_dataset: Path, tmp_path: Path):
+def test_frozen_bn_keeps_running_stats(small_dataset: Path, tmp_path: Path):
     run = _fold_run(small_dataset, tmp_path, freeze_bn_stats=True, epochs=1)
     mean_before = run.model.bn1.running_mean.clone()
     scale_before = run.model.bn1.weight.detach().clone()

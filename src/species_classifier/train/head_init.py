@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-# Inverse regularisation strength of the probe; features are the backbone's pooled outputs.
+# Inverse regularisation strength (scikit-learn's C) of the probe on the backbone's pooled features.
 PROBE_C = 0.5
 
 
@@ -49,7 +49,7 @@ def probe_head_weights(features: np.ndarray, labels: np.ndarray, num_classes: in
     probe.fit(features, labels)
     coef, intercept = probe.coef_, probe.intercept_
     if len(probe.classes_) == 2:
-        # scikit-learn stores one row for two classes; split it into two softmax rows.
+        # scikit-learn stores a single row for two classes, so split it into two softmax rows.
         coef = np.concatenate([-coef / 2, coef / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
     weight = np.zeros((num_classes, features.shape[1]), dtype=np.float32)

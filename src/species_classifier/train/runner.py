@@ -256,8 +256,8 @@ class FoldRun:
         self.probe_set = PhotoDataset(store, self.train_rows["store_index"], self.train_rows["label_index"], build_eval_transform(preprocess))
         self.train_sampler = EpochSampler(len(train_set), context, shuffle=True, seed=config.seed * 1000 + fold)
         self.validation_sampler = EpochSampler(len(validation_set), context, shuffle=False)
-        workers = default_workers() if config.workers < 0 else config.workers
-        common = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+        self.workers = default_workers() if config.workers < 0 else config.workers
+        common = {"batch_size": config.batch_size, "num_workers": self.workers, "persistent_workers": self.workers > 0}
         self.train_loader = DataLoader(train_set, sampler=self.train_sampler, generator=self.generator, drop_last=len(train_set) > config.batch_size * context.world_size, **common)
         self.validation_loader = DataLoader(validation_set, sampler=self.validation_sampler, **common)
 
@@ -353,10 +353,11 @@ class FoldRun:
 
     def init_head(self) -> None:
         """Replace the random head with a linear probe fitted on this fold's training photos."""
-        workers = default_workers() if self.config.workers < 0 else self.config.workers
-        loader = DataLoader(self.probe_set, batch_size=self.config.batch_size, num_workers=workers)
-        init_head_from_probe(self.model, loader, len(self.bundle.classes), self.device, self.config.channels_last,
-                             self.config.class_weights == "balanced", show_progress=self.context.is_main)
+        # Under DDP, rank 0 fits the probe and the other ranks receive its head.
+        if self.context.is_main:
+            loader = DataLoader(self.probe_set, batch_size=self.config.batch_size, num_workers=self.workers)
+            init_head_from_probe(self.model, loader, len(self.bundle.classes), self.device, self.config.channels_last,
+                                 self.config.class_weights == "balanced")
         if self.context.enabled:
             for parameter in self.model.get_classifier().parameters():
                 torch.distributed.broadcast(parameter.data, src=0)
