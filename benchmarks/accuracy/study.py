@@ -70,6 +70,7 @@ CONFIGS: dict[str, list[str]] = {
     # Combination C in about half the reference stand-in's training time.
     "combination C 6 epochs": [*COMBINATION_C, "--epochs", "6"],
     "combination D (C + first third frozen + 8 epochs)": [*COMBINATION_C, "--lr-multipliers", "0,0.5,1,1", "--epochs", "8"],
+    "E (C + first two thirds frozen)": [*COMBINATION_C, "--lr-multipliers", "0,0,1,1"],
     # Single additions to combination C.
     "C + label smoothing 0.1": [*COMBINATION_C, "--label-smoothing", "0.1"],
     "C + ema 0.998": [*COMBINATION_C, "--ema-decay", "0.998"],

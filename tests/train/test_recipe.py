@@ -20,6 +20,7 @@ from species_classifier.train.distributed import DistributedContext
 from species_classifier.train.interrupt import GracefulStop
 from species_classifier.train.loop import predict_logits
 from species_classifier.train.recipe import TrainConfig
+from species_classifier.train.frozen_prefix import frozen_prefix_length, split_prefix
 from species_classifier.train.head_init import pooled_features, probe_head_weights
 from species_classifier.train.loss import class_weights
 from species_classifier.train.runner import FoldRun, label_photos
@@ -111,11 +112,15 @@ def test_fold_run_wires_loss_options(small_dataset: Path, tmp_path: Path):
     assert run.criterion.label_smoothing == pytest.approx(0.1)
     assert run.criterion.weight is not None
     assert run.model.drop_rate == pytest.approx(0.5)
-    assert all(p.requires_grad for p in run.model.parameters())
+    # The default trains the last third of the backbone and the head. The rest stays pretrained.
+    assert not run.model.conv_stem.weight.requires_grad
+    assert not run.model.blocks[4][2].conv_pw.weight.requires_grad
+    assert run.model.blocks[5][0].conv_pw.weight.requires_grad
+    assert run.model.conv_head.weight.requires_grad
 
 
 def test_frozen_epoch_keeps_backbone(small_dataset: Path, tmp_path: Path):
-    run = _fold_run(small_dataset, tmp_path, freeze_epochs=1, epochs=1)
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.1, 0.5, 1.0, 1.0], freeze_epochs=1, epochs=1)
     stem_before = run.model.conv_stem.weight.detach().clone()
     head_before = run.model.classifier.weight.detach().clone()
     run.run_epoch(1)
@@ -124,7 +129,7 @@ def test_frozen_epoch_keeps_backbone(small_dataset: Path, tmp_path: Path):
 
 
 def test_ema_weights_are_validated_and_kept(small_dataset: Path, tmp_path: Path):
-    run = _fold_run(small_dataset, tmp_path, ema_decay=0.9, epochs=1)
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.1, 0.5, 1.0, 1.0], ema_decay=0.9, epochs=1)
     run.run_epoch(1)
     assert run.ema is not None
     ema_stem = run.ema.module.conv_stem.weight
@@ -155,7 +160,7 @@ def test_probe_head_handles_two_and_missing_classes():
 
 
 def test_frozen_bn_keeps_running_stats(small_dataset: Path, tmp_path: Path):
-    run = _fold_run(small_dataset, tmp_path, freeze_bn_stats=True, epochs=1)
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.1, 0.5, 1.0, 1.0], freeze_bn_stats=True, epochs=1)
     mean_before = run.model.bn1.running_mean.clone()
     scale_before = run.model.bn1.weight.detach().clone()
     run.run_epoch(1)
@@ -172,3 +177,45 @@ def test_zero_multiplier_freezes_first_chunk(small_dataset: Path, tmp_path: Path
     run.run_epoch(1)
     assert torch.equal(run.model.conv_stem.weight, stem_before)
     assert run.model.classifier.weight.requires_grad
+
+
+def test_validation_reuses_frozen_layers(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.0, 0.0, 1.0, 1.0], freeze_bn_stats=True, epochs=2)
+    assert run.prefix_cache is not None
+    prefix, _ = split_prefix(run.model, run.prefix_cache.length)
+    assert not any(p.requires_grad for p in prefix.parameters())
+    assert run.model.blocks[5][0].conv_pw.weight.requires_grad
+    # After each epoch the cached path must give what the whole model gives.
+    for epoch in (1, 2):
+        run.run_epoch(epoch)
+        cached, labels = run.prefix_cache.predict_logits(run.model, show_progress=False)
+        full, full_labels = predict_logits(run.model, run.validation_loader, torch.device("cpu"), show_progress=False)
+        np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(labels, full_labels)
+    assert run.prefix_cache.batches is not None
+
+
+def test_validation_cache_with_ema(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.0, 0.0, 1.0, 1.0], freeze_bn_stats=True, ema_decay=0.9, epochs=1)
+    run.run_epoch(1)
+    assert run.prefix_cache.batches is not None
+    cached, _ = run.prefix_cache.predict_logits(run.ema.module, show_progress=False)
+    full, _ = predict_logits(run.ema.module, run.validation_loader, torch.device("cpu"), show_progress=False)
+    np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-4)
+
+
+def test_no_prefix_cache_without_frozen_layers(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.1, 0.5, 1.0, 1.0], freeze_bn_stats=True, epochs=1)
+    assert frozen_prefix_length(run.model) == 0
+    assert run.prefix_cache is None
+    # Batch-norm statistics that move while training would make cached activations stale.
+    assert _fold_run(small_dataset, tmp_path / "bn", lr_multipliers=[0.0, 1.0, 1.0, 1.0], freeze_bn_stats=False).prefix_cache is None
+
+
+def test_prefix_cache_size_limit(small_dataset: Path, tmp_path: Path):
+    run = _fold_run(small_dataset, tmp_path, lr_multipliers=[0.0, 0.0, 1.0, 1.0], freeze_bn_stats=True, epochs=1)
+    run.prefix_cache.max_bytes = 1024
+    assert run.prefix_cache.predict_logits(run.model, show_progress=False) is None
+    assert run.prefix_cache.disabled
+    validated = run.validate()
+    assert len(validated.labels) == len(run.validation_rows)

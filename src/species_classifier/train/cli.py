@@ -57,7 +57,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs per fold")
     recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     recipe.add_argument("--lr", type=float, default=defaults.lr, help="base learning rate (AdamW)")
-    recipe.add_argument("--lr-multipliers", type=_floats, default=defaults.lr_multipliers, help="learning-rate multipliers from the earliest backbone layers to the head; the backbone's layers are cut into len-1 equal chunks, the last value is the head's; 0 freezes a chunk (faster: no gradients are computed for it)")
+    recipe.add_argument("--lr-multipliers", type=_floats, default=defaults.lr_multipliers, help="learning-rate multipliers from the earliest backbone layers to the head; the backbone's layers are cut into len-1 equal chunks, the last value is the head's; 0 freezes a chunk (faster: no gradients are computed for it, and validation computes the frozen first chunks' outputs once per fold)")
     recipe.add_argument("--layer-decay", type=float, default=defaults.layer_decay, help="layer-wise learning-rate decay in (0, 1): each layer down from the head trains at this fraction of the one above; replaces --lr-multipliers; 0 = off")
     recipe.add_argument("--scheduler", choices=("plateau", "cosine"), default=defaults.scheduler, help="learning-rate schedule after warm-up: reduce on validation macro F1 plateau, or cosine decay to 1%% over --epochs")
     recipe.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs, help="epochs of linear learning-rate warm-up")

@@ -1,9 +1,10 @@
 """Training settings; every field is a `train` flag.
 
 The defaults are the best configuration of the accuracy study (`benchmarks/accuracy/RESULTS.md`):
-the head starts from a linear probe, batch-norm layers keep their pretrained statistics, and
-all layers then fine-tune at a low rate with a one-epoch warm-up and cosine decay. The
-reference recipe's settings are `REFERENCE` in `benchmarks/accuracy/study.py`.
+the head starts from a linear probe, batch-norm layers keep their pretrained statistics, the
+first two thirds of the backbone stay frozen, and the rest fine-tunes at a low rate with a
+one-epoch warm-up and cosine decay. The reference recipe's settings are `REFERENCE` in
+`benchmarks/accuracy/study.py`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 32
     lr: float = 2e-4
-    lr_multipliers: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 1.0])
+    lr_multipliers: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 1.0])
     layer_decay: float = 0.0
     scheduler: str = "cosine"
     warmup_epochs: int = 1

@@ -34,6 +34,7 @@ from species_classifier.train.checkpoint import FoldState, load_checkpoint, read
 from species_classifier.train.distributed import (
     DistributedContext, EpochSampler, barrier, gather_arrays, init_distributed, shutdown_distributed, sum_across_ranks,
 )
+from species_classifier.train.frozen_prefix import FrozenPrefixCache, frozen_prefix_length
 from species_classifier.train.head_init import init_head_from_probe
 from species_classifier.train.interrupt import GracefulStop, TrainingInterrupted
 from species_classifier.train.loop import EvaluationResult, predict_logits, train_one_epoch
@@ -259,7 +260,15 @@ class FoldRun:
         self.workers = default_workers() if config.workers < 0 else config.workers
         common = {"batch_size": config.batch_size, "num_workers": self.workers, "persistent_workers": self.workers > 0}
         self.train_loader = DataLoader(train_set, sampler=self.train_sampler, generator=self.generator, drop_last=len(train_set) > config.batch_size * context.world_size, **common)
-        self.validation_loader = DataLoader(validation_set, sampler=self.validation_sampler, **common)
+        # Its own generator: how often validation reads photos (see FrozenPrefixCache) must not
+        # change the global random state that dropout and a resumed run depend on.
+        self.validation_loader = DataLoader(validation_set, sampler=self.validation_sampler, generator=torch.Generator().manual_seed(config.seed), **common)
+        # Frozen first layers on fixed batch-norm statistics give the same validation activations
+        # every epoch, so they are computed once. Flip TTA would need a second copy and runs in full.
+        self.prefix_cache = None
+        frozen_layers = frozen_prefix_length(self.model)
+        if frozen_layers and config.freeze_bn_stats and config.tta == "none":
+            self.prefix_cache = FrozenPrefixCache(self.validation_loader, frozen_layers, self.device, config.channels_last, config.precision)
 
         # Optimizer (the schedule sets each group's rate every epoch), EMA, loss.
         self.optimizer = torch.optim.AdamW(groups)
@@ -375,7 +384,12 @@ class FoldRun:
         With EMA on, the EMA weights are the ones validated (and kept as the best weights).
         """
         model = self.ema.module if self.ema is not None else self.forward_model
-        logits, labels = predict_logits(
+        cached = None
+        if self.prefix_cache is not None:
+            cached = self.prefix_cache.predict_logits(
+                self.ema.module if self.ema is not None else self.model, f"{self.name} {description}", show_progress=self.context.is_main
+            )
+        logits, labels = cached if cached is not None else predict_logits(
             model, self.validation_loader, self.device, self.config.channels_last, self.config.precision,
             f"{self.name} {description}", show_progress=self.context.is_main, tta=self.config.tta,
         )
