@@ -5,14 +5,14 @@
 #   ./scripts/demo.sh                                   # the shared dev photos, when present
 #   ./scripts/demo.sh PHOTOS "Genus species,Genus species"   # any folder of species subfolders
 #
-# Environment: EPOCHS (default 8), OTHER_FRACTION (default 0.5), OUT (default runs/demo),
+# Environment: EPOCHS (default 12, as `train`), OTHER_FRACTION (default 0.5), OUT (default runs/demo),
 # PORT (default 8080), KEEP_SERVING (default 1; 0 stops the server after the test request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PHOTOS="${1:-../shared/datasets/species-dev}"
 TARGETS="${2:-Lycorma delicatula,Acer rubrum}"
-EPOCHS="${EPOCHS:-8}"
+EPOCHS="${EPOCHS:-12}"
 OTHER_FRACTION="${OTHER_FRACTION:-0.5}"
 OUT="${OUT:-runs/demo}"
 PORT="${PORT:-8080}"
