@@ -41,7 +41,8 @@ done
 # A photo of the first target species when its folder exists, else any photo.
 FIRST_TARGET_DIR="$PHOTOS/$(echo "${TARGETS%%,*}" | tr ' ' '_')"
 [ -d "$FIRST_TARGET_DIR" ] || FIRST_TARGET_DIR="$PHOTOS"
-PHOTO=$(find "$FIRST_TARGET_DIR" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort | head -n 1)
+# sed reads all of sort's output. `head` may exit first, and sort's SIGPIPE would then end the script (pipefail).
+PHOTO=$(find "$FIRST_TARGET_DIR" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort | sed -n 1p)
 echo "POST /invocations with $PHOTO"
 curl -sf -X POST -H "Content-Type: image/jpeg" --data-binary "@$PHOTO" "http://127.0.0.1:$PORT/invocations"
 echo
