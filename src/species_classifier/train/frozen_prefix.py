@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from species_classifier.train.loop import autocast
+from species_classifier.train.loop import autocast, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class FrozenPrefixCache:
     def __init__(self, loader: DataLoader, length: int, device: torch.device, channels_last: bool, precision: str,
                  max_bytes: int = MAX_CACHE_BYTES):
         self.loader, self.length, self.device, self.precision, self.max_bytes = loader, length, device, precision, max_bytes
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.disabled = False
 
@@ -92,20 +92,15 @@ class FrozenPrefixCache:
         model.eval()
         if self.batches is None and not self._fill(prefix, description, show_progress):
             return None
-        all_logits, all_labels = [], []
-        for activations, labels in self.batches:
-            with autocast(self.device, self.precision):
-                all_logits.append(suffix(activations).float().cpu())
-            all_labels.append(labels)
-        if not all_logits:
-            return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+        # The stored batches stand in for the loader, and the suffix for the model.
+        return predict_logits(suffix, self.batches, self.device, self.channels_last, self.precision, description, show_progress=False)
 
     def _fill(self, prefix: nn.Module, description: str, show_progress: bool) -> bool:
         batches, stored = [], 0
-        total_images = len(self.loader.sampler) if self.loader.sampler is not None else len(self.loader.dataset)
+        total_images = len(self.loader.sampler)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         for images, labels in tqdm(self.loader, desc=description, unit="batch", leave=False, disable=not show_progress):
-            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast(self.device, self.precision):
                 activations = prefix(images)
             if not batches and activations[0].numel() * activations.element_size() * total_images > self.max_bytes:

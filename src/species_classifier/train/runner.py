@@ -383,16 +383,19 @@ class FoldRun:
 
         With EMA on, the EMA weights are the ones validated (and kept as the best weights).
         """
-        model = self.ema.module if self.ema is not None else self.forward_model
-        cached = None
+        label = f"{self.name} {description}"
+        predicted = None
         if self.prefix_cache is not None:
-            cached = self.prefix_cache.predict_logits(
-                self.ema.module if self.ema is not None else self.model, f"{self.name} {description}", show_progress=self.context.is_main
+            # The cache runs the unwrapped modules: no DDP or torch.compile wrapper is needed for inference.
+            module = self.ema.module if self.ema is not None else self.model
+            predicted = self.prefix_cache.predict_logits(module, label, show_progress=self.context.is_main)
+        if predicted is None:
+            model = self.ema.module if self.ema is not None else self.forward_model
+            predicted = predict_logits(
+                model, self.validation_loader, self.device, self.config.channels_last, self.config.precision,
+                label, show_progress=self.context.is_main, tta=self.config.tta,
             )
-        logits, labels = cached if cached is not None else predict_logits(
-            model, self.validation_loader, self.device, self.config.channels_last, self.config.precision,
-            f"{self.name} {description}", show_progress=self.context.is_main, tta=self.config.tta,
-        )
+        logits, labels = predicted
         order = np.asarray(self.validation_sampler.indices(), dtype=np.int64)
         gathered = gather_arrays({"order": order, "logits": logits, "labels": labels}, self.context)
         ranked = np.argsort(gathered["order"], kind="stable")
