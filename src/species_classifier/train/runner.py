@@ -260,8 +260,8 @@ class FoldRun:
         self.workers = default_workers() if config.workers < 0 else config.workers
         common = {"batch_size": config.batch_size, "num_workers": self.workers, "persistent_workers": self.workers > 0}
         self.train_loader = DataLoader(train_set, sampler=self.train_sampler, generator=self.generator, drop_last=len(train_set) > config.batch_size * context.world_size, **common)
-        # Its own generator: how often validation reads photos (see FrozenPrefixCache) must not
-        # change the global random state that dropout and a resumed run depend on.
+        # The loader has its own generator, because how often validation reads photos (see
+        # FrozenPrefixCache) must not change the global random state that dropout and resuming use.
         self.validation_loader = DataLoader(validation_set, sampler=self.validation_sampler, generator=torch.Generator().manual_seed(config.seed), **common)
         # Frozen first layers on fixed batch-norm statistics give the same validation activations
         # every epoch, so they are computed once. Flip TTA would need a second copy and runs in full.
@@ -386,7 +386,7 @@ class FoldRun:
         label = f"{self.name} {description}"
         predicted = None
         if self.prefix_cache is not None:
-            # The cache runs the unwrapped modules: no DDP or torch.compile wrapper is needed for inference.
+            # The cache runs the unwrapped modules, because inference needs no DDP or torch.compile wrapper.
             module = self.ema.module if self.ema is not None else self.model
             predicted = self.prefix_cache.predict_logits(module, label, show_progress=self.context.is_main)
         if predicted is None:
