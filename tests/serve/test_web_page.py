@@ -51,6 +51,8 @@ def test_page_verifies_photo(server, browser_page, dev_photos, tmp_path):
 
     page.select_option("#species", "Lycorma delicatula")
     page.set_input_files("#upload", str(dev_photos["Lycorma delicatula"][0]))
+    # The preview appears once the browser has read the file, which can take a moment.
+    page.wait_for_selector("#preview", state="visible", timeout=10_000)
     assert page.locator("#preview").is_visible()
     page.click("#check")
     page.wait_for_selector("#verdict.match, #verdict.no-match", timeout=30_000)
